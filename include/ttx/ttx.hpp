@@ -17,3 +17,10 @@
 #include "ttx/reference/model.hpp"
 #include "ttx/reference/norm.hpp"
 #include "ttx/reference/rope.hpp"
+
+// core (numerics)
+#include "ttx/core/linalg.hpp"
+
+// caches
+#include "ttx/cache/row_cache.hpp"
+#include "ttx/cache/kv_cache.hpp"
