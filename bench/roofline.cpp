@@ -37,7 +37,8 @@ double read_bandwidth(int threads) {
         const size_t lo = n * static_cast<size_t>(t) / static_cast<size_t>(threads);
         const size_t hi = n * static_cast<size_t>(t + 1) / static_cast<size_t>(threads);
         partial[static_cast<size_t>(t)] =
-            Eigen::Map<const Eigen::ArrayXf>(buf.data() + lo, static_cast<Eigen::Index>(hi - lo)).sum();
+            Eigen::Map<const Eigen::ArrayXf>(buf.data() + lo, static_cast<Eigen::Index>(hi - lo))
+                .sum();
       });
     for (auto& th : pool) th.join();
     const double dt = now() - t0;
@@ -71,7 +72,9 @@ double gemm_gflops(int threads) {
 
 }  // namespace
 
-int max_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
+int max_threads() {
+  return std::max(1u, std::thread::hardware_concurrency());
+}
 
 const Roofline& roofline() {
   static const Roofline r = [] {
@@ -84,7 +87,8 @@ const Roofline& roofline() {
     std::fprintf(stderr,
                  "ttx roofline: read %.1f GB/s (1 thread), %.1f GB/s (%d threads); fp32 GEMM "
                  "%.1f GFLOP/s (1 thread), %.1f GFLOP/s (%d threads)\n",
-                 m.read_gbps_1t, m.read_gbps, m.threads, m.peak_gflops_1t, m.peak_gflops, m.threads);
+                 m.read_gbps_1t, m.read_gbps, m.threads, m.peak_gflops_1t, m.peak_gflops,
+                 m.threads);
     return m;
   }();
   return r;

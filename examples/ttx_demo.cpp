@@ -33,8 +33,10 @@ int main() {
     b.norm1.gain = gain();
     b.norm2.gain = gain();
     const double s = 1.0 / std::sqrt(double(d));
-    b.attn.wq = mat(d, d, s), b.attn.wk = mat(d, d, s), b.attn.wv = mat(d, d, s), b.attn.wo = mat(d, d, s);
-    b.ffn.w_in = mat(d, f, s), b.ffn.w_up = mat(d, f, s), b.ffn.w_out = mat(f, d, 1.0 / std::sqrt(double(f)));
+    b.attn.wq = mat(d, d, s), b.attn.wk = mat(d, d, s), b.attn.wv = mat(d, d, s),
+    b.attn.wo = mat(d, d, s);
+    b.ffn.w_in = mat(d, f, s), b.ffn.w_up = mat(d, f, s),
+    b.ffn.w_out = mat(f, d, 1.0 / std::sqrt(double(f)));
     w.blocks.push_back(b);
   }
   w.final_norm.gain = gain();

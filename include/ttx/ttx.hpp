@@ -2,12 +2,14 @@
 #pragma once
 
 // core
+#include "ttx/core/activation.hpp"
 #include "ttx/core/error.hpp"
 #include "ttx/core/norm.hpp"
 #include "ttx/core/rope.hpp"
 #include "ttx/core/shapes.hpp"
 #include "ttx/core/softmax.hpp"
 #include "ttx/core/types.hpp"
+#include "ttx/core/weights.hpp"
 
 // reference (the oracle)
 #include "ttx/reference/attention.hpp"
@@ -22,5 +24,5 @@
 #include "ttx/core/linalg.hpp"
 
 // caches
-#include "ttx/cache/row_cache.hpp"
 #include "ttx/cache/kv_cache.hpp"
+#include "ttx/cache/row_cache.hpp"

@@ -20,7 +20,8 @@ TEST(ReferenceAttention, DecodeStepsEqualPrefillRows) {
     const RowMatrix<double> Y = reference::self_attention<double>(X, w, cfg, a);
     RowMatrix<double> Z(6, 32);
     for (Index r = 0; r < 6; ++r) Z.row(r) = reference::self_attention<double>(X.row(r), w, cfg, b);
-    EXPECT_TRUE(test::close_to(Z, Y, 1e-13, "same operations, double roundoff", "f64")) << "kv=" << kv;
+    EXPECT_TRUE(test::close_to(Z, Y, 1e-13, "same operations, double roundoff", "f64"))
+        << "kv=" << kv;
   }
 }
 
@@ -35,6 +36,7 @@ TEST(ReferenceAttention, BadShapesNameTheArgument) {
     reference::self_attention<double>(X, w, cfg, c);
     FAIL() << "expected ShapeError";
   } catch (const ShapeError& e) {
-    EXPECT_NE(std::string(e.what()).find("wk expected 32x32, got 32x16"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("wk expected 32x32, got 32x16"), std::string::npos)
+        << e.what();
   }
 }

@@ -35,7 +35,8 @@ class Fixture {
       if (!(hs >> tname >> rows >> cols) || rows < 0 || cols < 0)
         throw Error("fixture " + path + ": bad header '" + header + "'");
       RowMatrix<double> m(rows, cols);
-      in.read(reinterpret_cast<char*>(m.data()), static_cast<std::streamsize>(sizeof(double) * rows * cols));
+      in.read(reinterpret_cast<char*>(m.data()),
+              static_cast<std::streamsize>(sizeof(double) * rows * cols));
       if (!in) throw Error("fixture " + path + ": truncated tensor " + tname);
       tensors_.emplace(tname, std::move(m));
     }

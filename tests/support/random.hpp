@@ -123,9 +123,13 @@ reference::ModelWeights<T> random_model(const reference::ModelConfig& cfg, Index
 
 /// Converts weights between scalar types (e.g. build in double, run the oracle in float).
 template <class To, class From>
-RowMatrix<To> cast(const RowMatrix<From>& m) { return m.template cast<To>(); }
+RowMatrix<To> cast(const RowMatrix<From>& m) {
+  return m.template cast<To>();
+}
 template <class To, class From>
-RowVector<To> cast(const RowVector<From>& v) { return v.template cast<To>(); }
+RowVector<To> cast(const RowVector<From>& v) {
+  return v.template cast<To>();
+}
 template <class To, class From>
 reference::AttentionWeights<To> cast(const reference::AttentionWeights<From>& w) {
   return {cast<To>(w.wq), cast<To>(w.wk), cast<To>(w.wv), cast<To>(w.wo),

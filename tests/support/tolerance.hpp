@@ -79,9 +79,9 @@ template <class C, class B, class R>
   const double allowed = tol.factor * eb.rel + tol.floor;
   std::ostringstream os;
   os.precision(9);
-  os << "[" << type << ", " << reference.rows() << "x" << reference.cols()
-     << "] candidate rel.err " << ec.rel << " vs baseline rel.err " << eb.rel << ", allowed "
-     << allowed << " (factor " << tol.factor << ", floor " << tol.floor << ")";
+  os << "[" << type << ", " << reference.rows() << "x" << reference.cols() << "] candidate rel.err "
+     << ec.rel << " vs baseline rel.err " << eb.rel << ", allowed " << allowed << " (factor "
+     << tol.factor << ", floor " << tol.floor << ")";
   if (!tol.why.empty()) os << " because " << tol.why;
   os << "; worst candidate index (" << ec.row << "," << ec.col
      << "): candidate=" << static_cast<double>(candidate(ec.row, ec.col))
@@ -94,8 +94,9 @@ template <class C, class B, class R>
 /// One computation against a double reference with a bound that has a stated reason
 /// (used where there is no vanilla path in the same precision, e.g. the oracle vs PyTorch).
 template <class C, class R>
-::testing::AssertionResult close_to(const Eigen::MatrixBase<C>& x, const Eigen::MatrixBase<R>& reference,
-                                    double bound, const std::string& why, const char* type) {
+::testing::AssertionResult close_to(const Eigen::MatrixBase<C>& x,
+                                    const Eigen::MatrixBase<R>& reference, double bound,
+                                    const std::string& why, const char* type) {
   if (auto m = shape_mismatch(x, reference); !m.empty()) return ::testing::AssertionFailure() << m;
   const ErrorStats e = relative_error(x, reference);
   std::ostringstream os;
@@ -129,7 +130,8 @@ inline std::int64_t ulp_distance(double a, double b) {
 
 /// Bitwise equality of two matrices of the same scalar (reports the first differing element).
 template <class A, class B>
-::testing::AssertionResult bitwise_equal(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+::testing::AssertionResult bitwise_equal(const Eigen::MatrixBase<A>& a,
+                                         const Eigen::MatrixBase<B>& b) {
   static_assert(std::is_same_v<typename A::Scalar, typename B::Scalar>,
                 "bitwise_equal compares matrices of one scalar type");
   if (auto m = shape_mismatch(a, b); !m.empty()) return ::testing::AssertionFailure() << m;

@@ -45,7 +45,10 @@ class KVCache {
   const RowCache<T>& values() const { return v_; }
   RowCache<T>& keys() { return k_; }
   RowCache<T>& values() { return v_; }
-  void clear() { k_.clear(); v_.clear(); }
+  void clear() {
+    k_.clear();
+    v_.clear();
+  }
 
  private:
   static Index checked_width(const AttentionShape& s) {

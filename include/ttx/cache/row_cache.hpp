@@ -81,10 +81,9 @@ class RowCache {
   Eigen::Map<const RowMatrix<T>> view() const { return {data_, size_, width_}; }
   /// Rows [first, first + count) of the cached rows.
   Eigen::Map<const RowMatrix<T>> rows(Index first, Index count) const {
-    detail::require(first >= 0 && count >= 0 && first + count <= size_, ErrorKind::shape,
-                    "RowCache::rows",
-                    detail::concat("rows [", first, ", ", first + count, ") expected within [0, ",
-                                   size_, ")"));
+    detail::require(
+        first >= 0 && count >= 0 && first + count <= size_, ErrorKind::shape, "RowCache::rows",
+        detail::concat("rows [", first, ", ", first + count, ") expected within [0, ", size_, ")"));
     return {row_ptr(first), count, width_};
   }
   const T* data() const { return data_; }
@@ -109,12 +108,13 @@ class RowCache {
                     detail::concat("capacity expected > 0, got ", capacity_));
   }
   void reserve_rows(const char* fn, Index count) const {
-    detail::require(count >= 0, ErrorKind::shape, fn, detail::concat("count expected >= 0, got ", count));
+    detail::require(count >= 0, ErrorKind::shape, fn,
+                    detail::concat("count expected >= 0, got ", count));
     if (size_ + count > capacity_)
-      detail::raise(ErrorKind::capacity,
-                    detail::concat("ttx::", fn, ": cache capacity expected >= ", size_ + count,
-                                   " rows (", size_, " cached + ", count, " new), got capacity ",
-                                   capacity_));
+      detail::raise(
+          ErrorKind::capacity,
+          detail::concat("ttx::", fn, ": cache capacity expected >= ", size_ + count, " rows (",
+                         size_, " cached + ", count, " new), got capacity ", capacity_));
   }
 
   Index width_ = 0, capacity_ = 0, size_ = 0;

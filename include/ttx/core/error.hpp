@@ -50,18 +50,25 @@ inline ErrorHandler& error_handler_slot() {
 }  // namespace detail
 
 /// Installs the handler used by -fno-exceptions builds (ignored when exceptions are on).
-inline void set_error_handler(ErrorHandler handler) { detail::error_handler_slot() = handler; }
+inline void set_error_handler(ErrorHandler handler) {
+  detail::error_handler_slot() = handler;
+}
 
 namespace detail {
 
 [[noreturn]] inline void raise(ErrorKind kind, const std::string& message) {
 #if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
   switch (kind) {
-    case ErrorKind::shape: throw ShapeError(message);
-    case ErrorKind::capacity: throw CapacityError(message);
-    case ErrorKind::numerical: throw NumericalError(message);
-    case ErrorKind::unsupported: throw UnsupportedError(message);
-    default: throw Error(message);
+    case ErrorKind::shape:
+      throw ShapeError(message);
+    case ErrorKind::capacity:
+      throw CapacityError(message);
+    case ErrorKind::numerical:
+      throw NumericalError(message);
+    case ErrorKind::unsupported:
+      throw UnsupportedError(message);
+    default:
+      throw Error(message);
   }
 #else
   if (ErrorHandler h = error_handler_slot()) h(kind, message.c_str());

@@ -31,9 +31,12 @@ RowMatrix<double> solve(const Eigen::MatrixBase<DA>& A, const Eigen::MatrixBase<
   const double rcond = lu.rcond();
   const double n = static_cast<double>(A.rows());
   if (!(rcond > n * std::numeric_limits<double>::epsilon()))
-    detail::raise(ErrorKind::numerical,
-                  detail::concat("ttx::solve: ", what, " is singular to double precision (estimated "
-                                 "reciprocal condition ", rcond, ", expected > ", n * std::numeric_limits<double>::epsilon(), ")"));
+    detail::raise(
+        ErrorKind::numerical,
+        detail::concat("ttx::solve: ", what,
+                       " is singular to double precision (estimated "
+                       "reciprocal condition ",
+                       rcond, ", expected > ", n * std::numeric_limits<double>::epsilon(), ")"));
   RowMatrix<double> X = lu.solve(Bd);
   if (report) {
     report->cond_estimate = 1.0 / rcond;

@@ -1,6 +1,7 @@
 // Norm descriptors (SPEC.md §0). RMS(a) = sqrt(mean(a^2) + eps); RMSNorm(a) = a / RMS(a) * g,
 // with the gain stored as g (Llama) or as g where the applied gain is 1 + g (Gemma): the
-// convention is always explicit, never guessed. LayerNorm(a) = (a - mean) / sqrt(var + eps) * g + beta.
+// convention is always explicit, never guessed. LayerNorm(a) = (a - mean) / sqrt(var + eps) * g +
+// beta.
 #pragma once
 
 namespace ttx {

@@ -37,7 +37,8 @@ struct OnlineSoftmax {
   /// Takes a block's maximum; returns the factor by which earlier accumulations must be scaled.
   A rescale_to(A block_max) {
     if (block_max <= max) return A(1);
-    const A factor = (max == -std::numeric_limits<A>::infinity()) ? A(0) : std::exp(max - block_max);
+    const A factor =
+        (max == -std::numeric_limits<A>::infinity()) ? A(0) : std::exp(max - block_max);
     sum *= factor;
     max = block_max;
     return factor;

@@ -38,19 +38,24 @@ using accum_t = typename accumulator<T>::type;
 
 /// Storage scalars the kernels and caches accept.
 template <class T>
-inline constexpr bool is_storage_type_v =
-    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16> ||
-    std::is_same_v<T, f16>;
+inline constexpr bool is_storage_type_v = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                                          std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
 
 /// Short name used in benchmark names and error messages.
 template <class T>
 constexpr const char* type_name() {
-  if constexpr (std::is_same_v<T, float>) return "f32";
-  else if constexpr (std::is_same_v<T, double>) return "f64";
-  else if constexpr (std::is_same_v<T, bf16>) return "bf16";
-  else if constexpr (std::is_same_v<T, f16>) return "f16";
-  else if constexpr (std::is_same_v<T, long double>) return "f80";
-  else return "unknown";
+  if constexpr (std::is_same_v<T, float>)
+    return "f32";
+  else if constexpr (std::is_same_v<T, double>)
+    return "f64";
+  else if constexpr (std::is_same_v<T, bf16>)
+    return "bf16";
+  else if constexpr (std::is_same_v<T, f16>)
+    return "f16";
+  else if constexpr (std::is_same_v<T, long double>)
+    return "f80";
+  else
+    return "unknown";
 }
 
 /// Largest finite value of a storage type, as double (for range/overflow checks).

@@ -12,25 +12,14 @@
 #include "ttx/core/shapes.hpp"
 #include "ttx/core/softmax.hpp"
 #include "ttx/core/types.hpp"
+#include "ttx/core/weights.hpp"
 #include "ttx/reference/linear.hpp"
 #include "ttx/reference/rope.hpp"
 
 namespace ttx::reference {
 
-/// Projections in (in x out) layout: wq d x e_q, wk d x e, wv d x e, wo e_q x d. Empty bias = none.
-template <class T>
-struct AttentionWeights {
-  RowMatrix<T> wq, wk, wv, wo;
-  RowVector<T> bq, bk, bv, bo;
-};
-
-struct AttentionConfig {
-  AttentionShape shape;
-  double scale = 0.0;  ///< score scale; 0 means 1/sqrt(head_dim)
-  RopeSpec rope;       ///< disabled by default
-
-  double effective_scale() const { return scale != 0.0 ? scale : shape.default_scale(); }
-};
+using ttx::AttentionConfig;
+using ttx::AttentionWeights;
 
 /// Additive score bias: bias(head, query_position, key_position). Empty = none.
 using ScoreBias = std::function<double(Index head, Index query_pos, Index key_pos)>;
@@ -43,7 +32,8 @@ struct KVCache {
 };
 
 template <class T>
-void check_attention_weights(const char* fn, const AttentionWeights<T>& w, const AttentionShape& s) {
+void check_attention_weights(const char* fn, const AttentionWeights<T>& w,
+                             const AttentionShape& s) {
   s.validate(fn);
   detail::check_shape(fn, "wq", w.wq, s.d, s.q_width());
   detail::check_shape(fn, "wk", w.wk, s.d, s.kv_width());

@@ -9,24 +9,8 @@
 
 namespace ttx::reference {
 
-struct ModelConfig {
-  Index vocab = 0;
-  Index layers = 0;
-  BlockConfig block;
-  bool learned_positions = false;  ///< GPT-2 style absolute position embeddings
-  Index max_positions = 0;
-  bool final_norm = true;  ///< skipless models may have none
-  NormSpec final_norm_spec;
-};
-
-template <class T>
-struct ModelWeights {
-  RowMatrix<T> embedding;  ///< vocab x d
-  RowMatrix<T> positions;  ///< max_positions x d (learned positions only)
-  std::vector<BlockWeights<T>> blocks;
-  NormWeights<T> final_norm;
-  RowMatrix<T> lm_head;  ///< d x vocab
-};
+using ttx::ModelConfig;
+using ttx::ModelWeights;
 
 template <class T>
 class DecoderModel {
@@ -37,7 +21,8 @@ class DecoderModel {
     detail::check_shape(fn, "embedding", w_.embedding, cfg_.vocab, d);
     detail::check_dim(fn, "blocks.size()", cfg_.layers, static_cast<Index>(w_.blocks.size()));
     detail::check_shape(fn, "lm_head", w_.lm_head, d, cfg_.vocab);
-    if (cfg_.learned_positions) detail::check_shape(fn, "positions", w_.positions, cfg_.max_positions, d);
+    if (cfg_.learned_positions)
+      detail::check_shape(fn, "positions", w_.positions, cfg_.max_positions, d);
     caches_.resize(static_cast<size_t>(cfg_.layers));
   }
 
@@ -72,7 +57,8 @@ class DecoderModel {
   RowMatrix<T> forward(const std::vector<int>& tokens) {
     RowMatrix<T> X = embed(tokens);
     for (Index l = 0; l < cfg_.layers; ++l)
-      X = block<T>(X, w_.blocks[static_cast<size_t>(l)], cfg_.block, caches_[static_cast<size_t>(l)]);
+      X = block<T>(X, w_.blocks[static_cast<size_t>(l)], cfg_.block,
+                   caches_[static_cast<size_t>(l)]);
     if (cfg_.final_norm) X = norm<T>(X, w_.final_norm, cfg_.final_norm_spec);
     return linear<T>(X, w_.lm_head);
   }

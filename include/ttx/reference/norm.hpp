@@ -6,15 +6,11 @@
 #include "ttx/core/error.hpp"
 #include "ttx/core/norm.hpp"
 #include "ttx/core/types.hpp"
+#include "ttx/core/weights.hpp"
 
 namespace ttx::reference {
 
-/// Gain and (LayerNorm only) bias of one norm; an empty beta means none.
-template <class T>
-struct NormWeights {
-  RowVector<T> gain;
-  RowVector<T> beta;
-};
+using ttx::NormWeights;
 
 /// RMS(a) = sqrt(mean(a^2) + eps) of one row.
 template <class T, class D>
