@@ -26,3 +26,38 @@
 // caches
 #include "ttx/cache/kv_cache.hpp"
 #include "ttx/cache/row_cache.hpp"
+
+// kernels
+#include "ttx/kernel/decode.hpp"
+
+// FlashNorm: offline folds and the deferred-normalization runtime
+#include "ttx/kernel/flashnorm.hpp"
+#include "ttx/kernel/flashnorm_ffn.hpp"
+#include "ttx/kernel/rope_tables.hpp"
+#include "ttx/rewrite/flashnorm.hpp"
+
+// Slim attention: K-, V- and X-caches, the offline rewrite and the layer runtime
+#include "ttx/cache/k_cache.hpp"
+#include "ttx/cache/v_cache.hpp"
+#include "ttx/cache/x_cache.hpp"
+#include "ttx/kernel/slim_attention.hpp"
+#include "ttx/rewrite/slim.hpp"
+
+// First-layer precompute: per-vocabulary tables, the lookup runtime and the cost model
+#include "ttx/kernel/first_layer.hpp"
+#include "ttx/rewrite/first_layer.hpp"
+
+// Skipless transformers: Q/K/V + P removal (offline) and the skipless-model runtime
+#include "ttx/kernel/skipless_model.hpp"
+#include "ttx/rewrite/skipless.hpp"
+
+// Encoder–decoder slim attention: shared encoder cache, cross K-only cache, hybrid; the decoder
+// runtime and its reference
+#include "ttx/cache/e_cache.hpp"
+#include "ttx/core/encdec_weights.hpp"
+#include "ttx/kernel/encdec.hpp"
+#include "ttx/reference/encdec_model.hpp"
+#include "ttx/rewrite/encdec.hpp"
+
+// Precision planner and certificates: which cache form and storage type to trust, measured
+#include "ttx/rewrite/precision.hpp"

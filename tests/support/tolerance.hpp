@@ -87,7 +87,8 @@ template <class C, class B, class R>
      << "): candidate=" << static_cast<double>(candidate(ec.row, ec.col))
      << " baseline=" << static_cast<double>(baseline(ec.row, ec.col))
      << " reference=" << static_cast<double>(reference(ec.row, ec.col));
-  if (ec.rel <= allowed) return ::testing::AssertionSuccess() << os.str();
+  // A non-finite error (NaN or inf output) never passes, even when the baseline is as bad.
+  if (std::isfinite(ec.rel) && ec.rel <= allowed) return ::testing::AssertionSuccess() << os.str();
   return ::testing::AssertionFailure() << os.str();
 }
 
@@ -105,7 +106,7 @@ template <class C, class R>
      << ", bound " << bound << " (" << why << "); worst index (" << e.row << "," << e.col
      << "): value=" << static_cast<double>(x(e.row, e.col))
      << " reference=" << static_cast<double>(reference(e.row, e.col));
-  if (e.rel <= bound) return ::testing::AssertionSuccess() << os.str();
+  if (std::isfinite(e.rel) && e.rel <= bound) return ::testing::AssertionSuccess() << os.str();
   return ::testing::AssertionFailure() << os.str();
 }
 

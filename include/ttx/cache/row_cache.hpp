@@ -37,6 +37,13 @@ class RowCache {
                     "external expected a non-null pointer, got nullptr");
   }
 
+  // A copy would either duplicate megabytes silently or alias the caller's memory: moves only.
+  // (A moved vector keeps its buffer, so data_ stays valid in the moved-to cache.)
+  RowCache(const RowCache&) = delete;
+  RowCache& operator=(const RowCache&) = delete;
+  RowCache(RowCache&&) noexcept = default;
+  RowCache& operator=(RowCache&&) noexcept = default;
+
   Index width() const { return width_; }
   Index capacity() const { return capacity_; }
   Index size() const { return size_; }
@@ -51,7 +58,9 @@ class RowCache {
   /// Appends rows (any scalar; converted to T). CapacityError when they do not fit, ShapeError on
   /// the wrong width, NumericalError when a finite value overflows T (e.g. |x| > 65504 in half).
   template <class Derived>
-  void append(const Eigen::MatrixBase<Derived>& rows) {
+  void append(const Eigen::MatrixBase<Derived>& expr) {
+    // Evaluate once: a lazy product read coefficient by coefficient would be recomputed per value.
+    const auto& rows = expr.eval();
     detail::check_dim("RowCache::append", "rows.cols() (= cache width)", width_, rows.cols());
     reserve_rows("RowCache::append", rows.rows());
     if constexpr (!std::is_same_v<T, double> && !std::is_same_v<T, float>) {

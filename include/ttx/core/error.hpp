@@ -116,3 +116,13 @@ inline void require(bool ok, ErrorKind kind, const char* fn, const std::string& 
 
 }  // namespace detail
 }  // namespace ttx
+
+// Layers keep their private helpers in their own `detail` namespaces (ttx::kernel::detail, ...).
+// Inside ttx::kernel an unqualified `detail::check_dim` finds ttx::kernel::detail first and would
+// stop there; these using-directives let qualified lookup fall through to the shared checks.
+namespace ttx::kernel::detail {
+using namespace ::ttx::detail;
+}  // namespace ttx::kernel::detail
+namespace ttx::rewrite::detail {
+using namespace ::ttx::detail;
+}  // namespace ttx::rewrite::detail

@@ -63,9 +63,11 @@ template <class T>
 inline double max_finite() {
   return static_cast<double>(Eigen::NumTraits<T>::highest());
 }
-/// Unit roundoff (machine epsilon) of a storage type, as double.
+/// Machine epsilon (spacing of 1 and the next value) of a storage type, as double.
 template <class T>
 inline double unit_roundoff() {
+  // Eigen 3.4's NumTraits<half>::epsilon() is 2^-13; half has 10 fraction bits, so 2^-10.
+  if constexpr (std::is_same_v<T, f16>) return 0x1p-10;
   return static_cast<double>(Eigen::NumTraits<T>::epsilon());
 }
 

@@ -89,12 +89,24 @@ RowMatrix<T> self_attention(const RowMatrix<T>& X, const AttentionWeights<T>& w,
   cfg.rope.validate(fn, s.head_dim);
   detail::check_dim(fn, "X.cols()", s.d, X.cols());
   const Index start = cache.size();
+  // A cache filled for another shape (or a k/v pair of unequal length) would otherwise be copied
+  // into rows of the wrong width: an Eigen assert in debug builds, memory corruption under NDEBUG.
+  if (cache.k.size() != 0 || cache.v.size() != 0) {
+    detail::check_shape(fn, "cache.k", cache.k, start, s.kv_width());
+    detail::check_shape(fn, "cache.v", cache.v, start, s.kv_width());
+  }
   RowMatrix<T> Q = rope<T>(linear<T>(X, w.wq, w.bq), s.heads, s.head_dim, cfg.rope, start);
   RowMatrix<T> K = rope<T>(linear<T>(X, w.wk, w.bk), s.kv_heads, s.head_dim, cfg.rope, start);
   RowMatrix<T> V = linear<T>(X, w.wv, w.bv);
   RowMatrix<T> k(start + X.rows(), s.kv_width()), v(start + X.rows(), s.kv_width());
-  k << cache.k, K;
-  v << cache.v, V;
+  // Not `k << cache.k, K`: Eigen's comma initializer asserts on the empty (0x0) cache of the
+  // first call in builds with assertions on.
+  if (start > 0) {
+    k.topRows(start) = cache.k;
+    v.topRows(start) = cache.v;
+  }
+  k.bottomRows(X.rows()) = K;
+  v.bottomRows(X.rows()) = V;
   cache.k.swap(k);
   cache.v.swap(v);
   const RowMatrix<T> heads =

@@ -20,6 +20,11 @@ RowMatrix<T> ffn(const RowMatrix<T>& X, const FfnWeights<T>& w, const FfnSpec& s
   const Index d = X.cols(), f = w.w_in.cols();
   detail::check_shape(fn, "w_in", w.w_in, d, f);
   detail::check_shape(fn, "w_out", w.w_out, f, d);
+  // Named here so a wrong bias is reported as b_in/b_up/b_out, not as linear's anonymous b.
+  if (w.b_in.size() != 0) detail::check_dim(fn, "b_in.size()", f, w.b_in.size());
+  if (spec.kind == FfnKind::glu && w.b_up.size() != 0)
+    detail::check_dim(fn, "b_up.size()", f, w.b_up.size());
+  if (w.b_out.size() != 0) detail::check_dim(fn, "b_out.size()", d, w.b_out.size());
   RowMatrix<T> H = linear<T>(X, w.w_in, w.b_in);
   H = H.unaryExpr([&](T v) { return activate(spec.act, v); });
   if (spec.kind == FfnKind::glu) {

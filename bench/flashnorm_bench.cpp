@@ -1,0 +1,100 @@
+// FlashNorm linear against RMSNorm-then-linear, side by side at identical shapes:
+//   flashnorm_linear/fused/<type>/d:<d>/k:<k>/batch:<b>    z = (a W*) / RMS(a), one pass over a
+//   flashnorm_linear/unfused/<type>/d:<d>/k:<k>/batch:<b>  a' = a / RMS(a) * g, then z = a' W
+// Both use the same product code (kernel::flashnorm_linear / kernel::linear_unscaled share it):
+// batch 1 is the AVX-512 GEMV streaming rows of W, batch > 1 Eigen's GEMM (bf16: per-panel
+// widening). Per iteration: bytes d k sizeof(T) + b (d + k) 4, flops 2 b d k. Weights are cycled
+// over several copies (>= 64 MB in total) so each iteration reads W from memory, not cache.
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "roofline.hpp"
+#include "ttx/kernel/flashnorm.hpp"
+
+namespace {
+
+using namespace ttx;
+
+template <class T>
+void fill(T* p, Index count, std::uint64_t seed, float scale) {
+  std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (Index i = 0; i < count; ++i) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    const double u = static_cast<double>(x >> 11) / static_cast<double>(std::uint64_t(1) << 53);
+    p[i] = static_cast<T>(static_cast<float>(2.0 * u - 1.0) * scale);
+  }
+}
+
+template <class T>
+struct Setup {
+  std::vector<RowMatrix<T>> w;
+  RowMatrix<float> a, tmp, out;
+  RowVector<float> gain;
+  Setup(Index d, Index k, Index b) {
+    const double bytes = static_cast<double>(d * k) * sizeof(T);
+    const int copies = static_cast<int>(std::min(16.0, std::max(1.0, std::ceil(64e6 / bytes))));
+    for (int c = 0; c < copies; ++c) {
+      w.emplace_back(d, k);
+      fill(w.back().data(), d * k, static_cast<std::uint64_t>(c + 1),
+           static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))));
+    }
+    a.resize(b, d);
+    fill(a.data(), a.size(), 77, 1.0f);
+    tmp.resize(b, d);
+    out.resize(b, k);
+    gain = RowVector<float>::Ones(d);
+  }
+};
+
+template <class T>
+void bm_linear(benchmark::State& state, bool fused, Index d, Index k, Index b) {
+  Setup<T> s(d, k, b);
+  const RowVector<float> none;
+  size_t next = 0;
+  for (auto _ : state) {
+    const RowMatrix<T>& w = s.w[next];
+    next = (next + 1) % s.w.size();
+    if (fused) {
+      kernel::flashnorm_linear<T>(s.a, w, none, {1e-5}, s.out);
+    } else {
+      kernel::rms_normalize<float>(s.a, s.gain, 1e-5, s.tmp);
+      kernel::linear_unscaled<T>(s.tmp, w, none, s.out);
+    }
+    benchmark::DoNotOptimize(s.out.data());
+    benchmark::ClobberMemory();
+  }
+  const double bytes =
+      static_cast<double>(d * k) * sizeof(T) + static_cast<double>(b * (d + k)) * 4;
+  const double flops = 2.0 * static_cast<double>(b * d * k);
+  bench::report(state, bytes, flops, bench::max_threads());
+}
+
+template <class T>
+void register_type() {
+  struct Shape {
+    Index d, k;
+  };
+  for (Shape sh : {Shape{4096, 4096}, Shape{2048, 2560}})
+    for (Index b : {1, 16, 512})
+      for (bool fused : {true, false}) {
+        benchmark::RegisterBenchmark(
+            bench::name("flashnorm_linear", fused ? "fused" : "unfused", type_name<T>(),
+                        {{"d", sh.d}, {"k", sh.k}, {"batch", b}})
+                .c_str(),
+            [=](benchmark::State& st) { bm_linear<T>(st, fused, sh.d, sh.k, b); })
+            ->UseRealTime()
+            ->MinTime(0.2)
+            ->Unit(benchmark::kMillisecond);
+      }
+}
+
+const bool registered = [] {
+  register_type<float>();
+  register_type<bf16>();
+  return true;
+}();
+
+}  // namespace

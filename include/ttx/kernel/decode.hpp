@@ -1,0 +1,407 @@
+// Streaming decode kernels: one new query token against n cached rows (SPEC.md §1).
+//   decode_vanilla        head_i = softmax(scale q_i K_g(i)^T + bias_i) V_g(i)      (KV cache)
+//   decode_weighted_keys  U = S K, S_i = softmax(scale q_i K_g(i)^T + bias_i)       (slim K cache)
+//   decode_weighted_rows  U = S X, S_i = softmax(scale Qt_i X^T + bias_i)           (X / encoder
+//   cache)
+// Cache row j is the token at position j.
+//
+// How (PERF-NOTES.md): the cache is streamed once. Threads take contiguous key ranges; each walks
+// its range in tiles of a few hundred keys sized for L2. Per tile it computes every head's scores
+// from the tile (token-major rows hold all heads contiguously), rotates/un-rotates keys in the
+// tile when asked, updates an online (running-max) softmax, and accumulates the tile's
+// P (h x tile) * K (tile x w) with a register-blocked AVX-512 kernel while the tile is still in
+// cache. Partial results merge with a log-sum-exp rescale at the end.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "ttx/cache/kv_cache.hpp"
+#include "ttx/cache/row_cache.hpp"
+#include "ttx/core/error.hpp"
+#include "ttx/core/rope.hpp"
+#include "ttx/core/shapes.hpp"
+#include "ttx/core/softmax.hpp"
+#include "ttx/core/types.hpp"
+#include "ttx/kernel/detail/decode_simd.hpp"
+#include "ttx/kernel/detail/rope_table.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace ttx::kernel {
+
+/// How cached keys relate to the keys the scores and the weighted sum need.
+enum class KeyRotation {
+  none,            ///< keys used as stored (no RoPE, or vanilla's already-rotated keys)
+  rotate_on_read,  ///< cache holds raw keys: scores rotate key j by +j*theta, the sum uses raw keys
+  unrotate_on_read,  ///< cache holds rotated keys: scores use them, the sum un-rotates by -j*theta
+};
+
+struct DecodeOptions {
+  double scale = 0;                ///< score scale; 0 -> 1/sqrt(head_dim)
+  const RopeSpec* rope = nullptr;  ///< required by rotate/unrotate (first r dims of each KV head)
+  KeyRotation rotation = KeyRotation::none;
+  int threads = 0;                    ///< 0 -> all hardware threads (OpenMP), 1 -> single thread
+  Index tile = 0;                     ///< keys per tile, 0 -> auto (sized for L1/L2)
+  const float* score_bias = nullptr;  ///< optional additive bias, h x n row-major (-inf allowed)
+};
+
+namespace detail {
+
+/// require() with a message built only on failure (the entry checks run on every decode step).
+template <class Msg>
+inline void check(bool ok, const char* fn, Msg&& msg) {
+  if (!ok) ttx::detail::raise(ErrorKind::shape, ttx::detail::concat("ttx::", fn, ": ", msg()));
+}
+
+/// shape.validate(fn), without its message formatting unless something is wrong.
+inline void check_shape_valid(const char* fn, const AttentionShape& s) {
+  if (!(s.d > 0 && s.heads > 0 && s.head_dim > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0))
+    s.validate(fn);
+}
+
+inline void check_rotation(const char* fn, const DecodeOptions& opt, Index head_dim) {
+  if (opt.rotation == KeyRotation::none) return;
+  check(opt.rope != nullptr, fn, [] {
+    return "opt.rope expected a RopeSpec for rotate_on_read/unrotate_on_read, got nullptr";
+  });
+  const RopeSpec& r = *opt.rope;
+  if (!(r.rotary_dim >= 0 && r.rotary_dim % 2 == 0 && r.rotary_dim <= head_dim &&
+        (r.inv_freq.empty() ? r.base > 0 : static_cast<Index>(r.inv_freq.size()) == r.pairs())))
+    r.validate(fn, head_dim);
+}
+
+inline void check_common(const char* fn, Index n, const DecodeOptions& opt) {
+  check(n > 0, fn, [] { return "cache size expected > 0 rows, got 0 (decode needs a key)"; });
+  check(opt.tile >= 0, fn,
+        [&] { return ttx::detail::concat("opt.tile expected >= 0, got ", opt.tile); });
+  check(opt.threads >= 0, fn,
+        [&] { return ttx::detail::concat("opt.threads expected >= 0, got ", opt.threads); });
+}
+
+/// What one streaming pass computes. Scores: query head i (at q + i*q_ld, L values) belongs to
+/// group g = i / hg and is dotted with columns [g*L, (g+1)*L) of the score rows. Sums: with
+/// per_group, group g's heads weight columns [g*L, (g+1)*L) of the value rows (vanilla);
+/// otherwise every head weights all sum_cols columns of the key rows (slim, inputs form).
+struct Stream {
+  Index n = 0, heads = 0;
+  const float* q = nullptr;
+  Index q_ld = 0, groups = 0, hg = 0, L = 0;
+  float scale = 1;
+  const float* bias = nullptr;  ///< heads x n
+  KeyRotation rotation = KeyRotation::none;
+  const RopeTable* rope = nullptr;
+  Index head_dim = 0, rot_cols = 0;  ///< rotation acts on whole heads within [0, rot_cols)
+  bool per_group = false;
+  Index sum_cols = 0;  ///< output values per head
+};
+
+/// Per-thread working memory, kept between calls so the hot path does not allocate.
+struct Scratch {
+  std::vector<float, Eigen::aligned_allocator<float>> S;  // aligned for Eigen's vectorised exp
+  std::vector<float> R, cs, sn, C, m, l, alpha;
+};
+inline Scratch& thread_scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+template <class V>
+inline void grow(V& v, Index size) {
+  if (static_cast<Index>(v.size()) < size) v.resize(static_cast<size_t>(size));
+}
+
+/// One thread's pass over keys [lo, hi): C (heads x sum_cols) = sum_j exp(s_ij - m_i) row_j,
+/// l_i = sum_j exp(s_ij - m_i), m_i the running max (-inf while every score is masked).
+template <class T>
+void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv, Index lo, Index hi,
+                  Index B, Scratch& sc) {
+  const Index h = s.heads, oc = s.sum_cols;
+  const bool rotating = s.rotation != KeyRotation::none && s.rope && s.rope->rotary_dim() > 0;
+  const Index ldS = (B + 15) / 16 * 16;  // 64-byte aligned head rows
+  grow(sc.S, h * ldS);
+  grow(sc.C, h * oc);
+  grow(sc.m, h);
+  grow(sc.l, h);
+  grow(sc.alpha, h);
+  if (rotating) {
+    grow(sc.R, B * s.rot_cols);
+    grow(sc.cs, s.rope->pairs());
+    grow(sc.sn, s.rope->pairs());
+  }
+  float* C = sc.C.data();
+  float* S = sc.S.data();
+  std::fill(C, C + h * oc, 0.0f);
+  std::fill(sc.m.data(), sc.m.data() + h, -std::numeric_limits<float>::infinity());
+  std::fill(sc.l.data(), sc.l.data() + h, 0.0f);
+  for (Index j0 = lo; j0 < hi; j0 += B) {
+    const Index b = std::min(B, hi - j0);
+    const T* Kt = K + j0 * ldk;
+    if (rotating) {
+      // The tile's first rot_cols columns, rotated (+) for the scores or un-rotated (-) for the
+      // sum.
+      const float sign = s.rotation == KeyRotation::rotate_on_read ? 1.0f : -1.0f;
+      const Index r = s.rope->rotary_dim();
+      for (Index jj = 0; jj < b; ++jj) {
+        s.rope->at(j0 + jj, sign, sc.cs.data(), sc.sn.data());
+        for (Index c = 0; c < s.rot_cols; c += s.head_dim)
+          rotate_head(Kt + jj * ldk + c, sc.R.data() + jj * s.rot_cols + c, s.head_dim, r,
+                      s.rope->layout(), sc.cs.data(), sc.sn.data());
+      }
+    }
+    // Scores, head-major (S[i * ldS + jj]); rows past b and the padding stay -inf so the softmax
+    // statistics and the vectorised exp can run over whole, aligned rows.
+    if (rotating && s.rotation == KeyRotation::rotate_on_read)
+      tile_scores(s.q, s.q_ld, s.groups, s.hg, sc.R.data(), s.rot_cols, s.L, b, S, ldS);
+    else
+      tile_scores(s.q, s.q_ld, s.groups, s.hg, Kt, ldk, s.L, b, S, ldS);
+    for (Index i = 0; i < h; ++i) {
+      float* Si = S + i * ldS;
+      std::fill(Si + b, Si + ldS, -std::numeric_limits<float>::infinity());
+      Eigen::Map<Eigen::ArrayXf, Eigen::AlignedMax> a(Si, ldS);
+      Eigen::Map<Eigen::ArrayXf> live(Si, b);
+      live *= s.scale;
+      if (s.bias) live += Eigen::Map<const Eigen::ArrayXf>(s.bias + i * s.n + j0, b);
+      const float m_new = std::max(sc.m[static_cast<size_t>(i)], live.maxCoeff());
+      // Until some score is finite, subtract 0: exp(-inf) = 0 keeps C and l at zero (no NaN).
+      const float m_use = m_new == -std::numeric_limits<float>::infinity() ? 0.0f : m_new;
+      const float alpha = std::exp(sc.m[static_cast<size_t>(i)] - m_use);
+      a = (a - m_use).exp();
+      sc.l[static_cast<size_t>(i)] = sc.l[static_cast<size_t>(i)] * alpha + a.sum();
+      sc.m[static_cast<size_t>(i)] = m_new;
+      sc.alpha[static_cast<size_t>(i)] = alpha;
+    }
+    const float* alpha = sc.alpha.data();
+    // While this tile's product runs, the next (full) tile is prefetched into L2 slab by slab.
+    const bool next_full = j0 + 2 * B <= hi;
+    const T* Kn = next_full ? Kt + B * ldk : nullptr;
+    if (s.per_group) {
+      const T* Vn = next_full ? V + (j0 + B) * ldv : nullptr;
+      for (Index g = 0; g < s.groups; ++g)
+        tile_product(S + g * s.hg * ldS, ldS, s.hg, b, V + j0 * ldv + g * s.L, ldv, s.L,
+                     C + g * s.hg * oc, oc, alpha + g * s.hg, Vn ? Vn + g * s.L : Vn,
+                     Kn && ldk == ldv ? Kn + g * s.L : nullptr);
+    } else if (rotating && s.rotation == KeyRotation::unrotate_on_read) {
+      tile_product(S, ldS, h, b, sc.R.data(), s.rot_cols, s.rot_cols, C, oc, alpha);
+      if (oc > s.rot_cols)
+        tile_product(S, ldS, h, b, Kt + s.rot_cols, ldk, oc - s.rot_cols, C + s.rot_cols, oc, alpha,
+                     Kn ? Kn + s.rot_cols : Kn);
+    } else {
+      tile_product(S, ldS, h, b, Kt, ldk, oc, C, oc, alpha, Kn);
+    }
+  }
+}
+
+inline int resolve_threads(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+/// Keys per tile: opt.tile, or enough rows to fill ~192 KB (L2-resident with the scratch).
+inline Index resolve_tile(Index requested, Index row_bytes) {
+  if (requested > 0) return requested;
+  const Index rows = (Index(192) << 10) / std::max<Index>(1, row_bytes);
+  return std::clamp<Index>(rows / 16 * 16, 16, 512);
+}
+
+struct Partial {
+  const float *C = nullptr, *m = nullptr, *l = nullptr;
+};
+
+/// Runs the pass over all n keys on up to `threads` threads and writes head i's normalised
+/// result (sum_cols values) to out + i * out_ld.
+template <class T>
+void run_stream(const Stream& s, const T* K, Index ldk, const T* V, Index ldv, Index B, int threads,
+                float* out, Index out_ld) {
+  const Index tiles = (s.n + B - 1) / B;
+  const int nt = static_cast<int>(std::min<Index>(threads, tiles));
+  const Index h = s.heads, oc = s.sum_cols;
+  Partial parts[64];
+  int used = 1;
+  if (nt <= 1) {
+    Scratch& sc = thread_scratch();
+    stream_range(s, K, ldk, V, ldv, 0, s.n, B, sc);
+    parts[0] = {sc.C.data(), sc.m.data(), sc.l.data()};
+  } else {
+#ifdef _OPENMP
+    const int want = std::min(nt, 64);
+#pragma omp parallel num_threads(want)
+    {
+      const int t = omp_get_thread_num(), count = omp_get_num_threads();
+      const Index lo = tiles * t / count * B, hi = std::min(s.n, tiles * (t + 1) / count * B);
+      Scratch& sc = thread_scratch();
+      stream_range(s, K, ldk, V, ldv, lo, hi, B, sc);
+      parts[t] = {sc.C.data(), sc.m.data(), sc.l.data()};
+      if (t == 0) used = count;
+    }
+#endif
+  }
+  // Log-sum-exp merge: out_i = sum_t e^(m_ti - M_i) C_ti / sum_t e^(m_ti - M_i) l_ti.
+  for (Index i = 0; i < h; ++i) {
+    float M = -std::numeric_limits<float>::infinity();
+    for (int t = 0; t < used; ++t) M = std::max(M, parts[t].m[i]);
+    Eigen::Map<Eigen::RowVectorXf> o(out + i * out_ld, oc);
+    if (M ==
+        -std::numeric_limits<float>::infinity()) {  // every key masked: zeros, as stable_softmax
+      o.setZero();
+      continue;
+    }
+    float denom = 0;
+    o.setZero();
+    for (int t = 0; t < used; ++t) {
+      const float w = std::exp(parts[t].m[i] - M);
+      denom += w * parts[t].l[i];
+      o += w * Eigen::Map<const Eigen::RowVectorXf>(parts[t].C + i * oc, oc);
+    }
+    o /= denom;
+  }
+}
+
+}  // namespace detail
+
+/// Vanilla decode over a KV cache: out (1 x h*dk) = concat_i softmax(scale q_i K_g(i)^T + bias_i)
+/// V_g(i), g(i) = shape.kv_head_of(i); MHA, GQA, MQA. q (1 x h*dk) is the projected, rotated query;
+/// cache keys are used as stored (opt.rotation must be none: a KV cache holds rotated keys).
+/// opt.score_bias, if given, is h x n row-major (n = cache.size()).
+/// Example: kernel::decode_vanilla(q, cache, shape, {}, out);
+template <class T>
+void decode_vanilla(Eigen::Ref<const RowVector<float>> q, const KVCache<T>& cache,
+                    const AttentionShape& shape, const DecodeOptions& opt,
+                    Eigen::Ref<RowVector<float>> out) {
+  const char* fn = "kernel::decode_vanilla";
+  detail::check_shape_valid(fn, shape);
+  detail::check(cache.shape() == shape, fn, [&] {
+    return ttx::detail::concat("cache.shape() expected the shape argument (heads ", shape.heads,
+                               ", kv_heads ", shape.kv_heads, ", head_dim ", shape.head_dim,
+                               "), got heads ", cache.shape().heads, ", kv_heads ",
+                               cache.shape().kv_heads, ", head_dim ", cache.shape().head_dim);
+  });
+  detail::check_common(fn, cache.size(), opt);
+  ttx::detail::check_dim(fn, "q.cols() (= heads*head_dim)", shape.q_width(), q.cols());
+  ttx::detail::check_dim(fn, "out.cols() (= heads*head_dim)", shape.q_width(), out.cols());
+  detail::check(opt.rotation == KeyRotation::none, fn, [] {
+    return "opt.rotation expected KeyRotation::none (a KV cache holds rotated keys)";
+  });
+  const Index e = shape.kv_width(), dk = shape.head_dim;
+  detail::Stream s;
+  s.n = cache.size();
+  s.heads = shape.heads;
+  s.q = q.data();
+  s.q_ld = dk;
+  s.groups = shape.kv_heads;
+  s.hg = shape.group();
+  s.L = dk;
+  s.scale = static_cast<float>(opt.scale != 0 ? opt.scale : shape.default_scale());
+  s.bias = opt.score_bias;
+  s.per_group = true;
+  s.sum_cols = dk;
+  const Index B = detail::resolve_tile(opt.tile, 2 * e * static_cast<Index>(sizeof(T)));
+  detail::run_stream(s, cache.keys().data(), e, cache.values().data(), e, B,
+                     detail::resolve_threads(opt.threads), out.data(), dk);
+}
+
+/// Slim attention's core (SPEC.md §1, option 2): U (h x w) = S K with
+/// S_i = softmax(scale q_i K[:, g(i)*dk:(g(i)+1)*dk]^T + bias_i) over the n cached rows K (n x w),
+/// w = keys.width() >= e = shape.kv_width(). Scores use head g(i)'s columns within the first e;
+/// the weighted sum uses all w columns, (un-)rotated per opt.rotation (first e columns only).
+/// Then head_i = U_i W_KV,i. q is 1 x h*dk (projected, biased, rotated); opt.score_bias h x n.
+/// Example: kernel::decode_weighted_keys(q, kcache, shape, {0, &rope, rotate_on_read}, U);
+template <class T>
+void decode_weighted_keys(Eigen::Ref<const RowVector<float>> q, const RowCache<T>& keys,
+                          const AttentionShape& shape, const DecodeOptions& opt,
+                          Eigen::Ref<RowMatrix<float>> U) {
+  const char* fn = "kernel::decode_weighted_keys";
+  detail::check_shape_valid(fn, shape);
+  detail::check_common(fn, keys.size(), opt);
+  detail::check_rotation(fn, opt, shape.head_dim);
+  const Index e = shape.kv_width(), w = keys.width(), dk = shape.head_dim;
+  detail::check(w >= e, fn, [&] {
+    return ttx::detail::concat("keys.width() expected >= kv_width=", e, ", got ", w);
+  });
+  ttx::detail::check_dim(fn, "q.cols() (= heads*head_dim)", shape.q_width(), q.cols());
+  ttx::detail::check_shape(fn, "U", U, shape.heads, w);
+  detail::Stream s;
+  s.n = keys.size();
+  s.heads = shape.heads;
+  s.q = q.data();
+  s.q_ld = dk;
+  s.groups = shape.kv_heads;
+  s.hg = shape.group();
+  s.L = dk;
+  s.scale = static_cast<float>(opt.scale != 0 ? opt.scale : shape.default_scale());
+  s.bias = opt.score_bias;
+  s.rotation = opt.rotation;
+  s.head_dim = dk;
+  s.rot_cols = e;
+  s.sum_cols = w;
+  if (opt.rotation != KeyRotation::none) {
+    detail::RopeTable& table = detail::thread_rope_table();
+    table.prepare(*opt.rope, s.n);
+    s.rope = &table;
+  }
+  const Index B = detail::resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)));
+  if (U.outerStride() == w) {
+    detail::run_stream(s, keys.data(), w, keys.data(), w, B, detail::resolve_threads(opt.threads),
+                       U.data(), w);
+  } else {
+    RowMatrix<float> tmp(shape.heads, w);
+    detail::run_stream(s, keys.data(), w, keys.data(), w, B, detail::resolve_threads(opt.threads),
+                       tmp.data(), w);
+    U = tmp;
+  }
+}
+
+/// Inputs form (X cache, shared encoder cache; SPEC.md §1): per-head queries Qt (h x w) against
+/// cached rows X (n x w): S_i = softmax(scale Qt_i X^T + bias_i), U (h x w) = S X. No RoPE
+/// (opt.rotation must be none). opt.scale must be given (nonzero): there is no head_dim to default
+/// from, so pass the model's 1/sqrt(d_k) (or 1 when it is folded into Qt). opt.score_bias h x n.
+/// Example: kernel::decode_weighted_rows(Qt, xcache, {1.0 / std::sqrt(dk)}, U);
+template <class T>
+void decode_weighted_rows(Eigen::Ref<const RowMatrix<float>> Qt, const RowCache<T>& rows,
+                          const DecodeOptions& opt, Eigen::Ref<RowMatrix<float>> U) {
+  const char* fn = "kernel::decode_weighted_rows";
+  detail::check_common(fn, rows.size(), opt);
+  detail::check(opt.rotation == KeyRotation::none, fn, [] {
+    return "opt.rotation expected KeyRotation::none (the inputs form has no RoPE)";
+  });
+  detail::check(opt.scale != 0, fn, [] {
+    return "opt.scale expected nonzero (no head_dim to default from: pass 1/sqrt(head_dim), or "
+           "1 when folded into Qt), got 0";
+  });
+  const Index w = rows.width();
+  ttx::detail::check_dim(fn, "Qt.cols() (= rows.width())", w, Qt.cols());
+  detail::check(Qt.rows() > 0, fn, [&] {
+    return ttx::detail::concat("Qt.rows() (= heads) expected > 0, got ", Qt.rows());
+  });
+  ttx::detail::check_shape(fn, "U", U, Qt.rows(), w);
+  detail::Stream s;
+  s.n = rows.size();
+  s.heads = Qt.rows();
+  s.q = Qt.data();
+  s.q_ld = Qt.outerStride();
+  s.groups = 1;
+  s.hg = Qt.rows();
+  s.L = w;
+  s.scale = static_cast<float>(opt.scale);
+  s.bias = opt.score_bias;
+  s.sum_cols = w;
+  const Index B = detail::resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)));
+  if (U.outerStride() == w) {
+    detail::run_stream(s, rows.data(), w, rows.data(), w, B, detail::resolve_threads(opt.threads),
+                       U.data(), w);
+  } else {
+    RowMatrix<float> tmp(Qt.rows(), w);
+    detail::run_stream(s, rows.data(), w, rows.data(), w, B, detail::resolve_threads(opt.threads),
+                       tmp.data(), w);
+    U = tmp;
+  }
+}
+
+}  // namespace ttx::kernel

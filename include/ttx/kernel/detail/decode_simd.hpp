@@ -1,0 +1,384 @@
+// The two inner loops of the streaming decode kernels, for float, bfloat16 and half storage with
+// float accumulation: a group of query heads dotted with one key segment, and the tile product
+// C (rows x cols) = alpha .* C + P (rows x B) * K (B x cols). An AVX-512 version (register-blocked,
+// keys converted to float in registers) and a portable one (any compiler, the sanitizer build).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "ttx/core/types.hpp"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define TTX_DECODE_AVX512 1
+#include <immintrin.h>
+#endif
+
+namespace ttx::kernel::detail {
+
+/// Storage value -> float (exact for float, bfloat16 and half).
+template <class T>
+inline float to_float(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    // bfloat16 is the high half of a float: widen by a shift (no rounding involved).
+    std::uint16_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &wide, sizeof f);
+    return f;
+  } else {
+    return static_cast<float>(x);
+  }
+}
+
+#ifdef TTX_DECODE_AVX512
+
+inline __mmask16 tail_mask(Index count) {
+  return count >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
+}
+
+/// 16 storage values (masked lanes read as 0) as floats.
+template <class T>
+inline __m512 load16(const T* p, __mmask16 m) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_maskz_loadu_ps(m, p);
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else if constexpr (std::is_same_v<T, double>) {
+    // Double storage (tests, oracles): two 8-lane loads narrowed to float, as to_float does.
+    const __m256 lo = _mm512_cvtpd_ps(_mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p));
+    const __m256 hi = _mm512_cvtpd_ps(_mm512_maskz_loadu_pd(static_cast<__mmask8>(m >> 8), p + 8));
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+  } else {
+    static_assert(std::is_same_v<T, f16>, "decode kernels read float, double, bf16 or half");
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+  }
+}
+template <class T>
+inline __m512 load16(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_loadu_ps(p);
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else if constexpr (std::is_same_v<T, double>) {
+    return load16(p, __mmask16(0xFFFF));
+  } else {
+    static_assert(std::is_same_v<T, f16>, "decode kernels read float, double, bf16 or half");
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+}
+
+/// Keeps loaded key vectors in registers: without this GCC folds the load into every FMA that
+/// uses it (MR loads per vector instead of one), which measured 2.5x slower.
+template <int NV>
+inline void pin(__m512 (&kv)[NV]) {
+  for (int v = 0; v < NV; ++v) __asm__("" : "+v"(kv[v]));
+}
+
+/// out[t * os] = dot(q + t * q_ld, k) over L values, for up to 4 query heads sharing the key.
+template <int G, class T>
+inline void dots_block(const float* q, Index q_ld, const T* k, Index L, float* out, Index os) {
+  __m512 acc[G];
+  for (int t = 0; t < G; ++t) acc[t] = _mm512_setzero_ps();
+  Index c = 0;
+  for (; c + 16 <= L; c += 16) {
+    const __m512 kv = load16(k + c);
+    for (int t = 0; t < G; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(q + t * q_ld + c), kv, acc[t]);
+  }
+  if (c < L) {
+    const __mmask16 m = tail_mask(L - c);
+    const __m512 kv = load16(k + c, m);
+    for (int t = 0; t < G; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + t * q_ld + c), kv, acc[t]);
+  }
+  for (int t = 0; t < G; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]);
+}
+
+/// Dots of `hg` query heads (q + t*q_ld, each L long) with one key segment k (L values).
+template <class T>
+inline void group_dots(const float* q, Index q_ld, Index hg, const T* k, Index L, float* out,
+                       Index os) {
+  Index t = 0;
+  for (; t + 4 <= hg; t += 4) dots_block<4>(q + t * q_ld, q_ld, k, L, out + t * os, os);
+  switch (hg - t) {
+    case 3:
+      dots_block<3>(q + t * q_ld, q_ld, k, L, out + t * os, os);
+      break;
+    case 2:
+      dots_block<2>(q + t * q_ld, q_ld, k, L, out + t * os, os);
+      break;
+    case 1:
+      dots_block<1>(q + t * q_ld, q_ld, k, L, out + t * os, os);
+      break;
+    default:
+      break;
+  }
+}
+
+/// The four horizontal sums of a, b, c, d (16 lanes each), in that order: a shuffle tree that
+/// costs about a third of four separate reductions.
+inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab =
+      _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  const __m512 cd =
+      _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+  // 128-bit lanes: a, b, c, d partial sums (4 floats each)
+  const __m512 u =
+      _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+  const __m512 v = _mm512_add_ps(u, _mm512_permute_ps(u, 0xB1));  // swap neighbours
+  const __m512 w = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));  // swap pairs
+  const __m512i idx = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+  return _mm512_castps512_ps128(_mm512_permutexvar_ps(idx, w));
+}
+
+/// S[i * ldS + jj] = dot(q_i, row jj's columns [g(i) * L, (g(i) + 1) * L)) for every head i
+/// (g(i) = i / hg) and tile row jj < b; rows are `ld` apart. Four rows at a time share each query
+/// load and one reduction tree.
+template <class T>
+inline void tile_scores(const float* q, Index q_ld, Index groups, Index hg, const T* rows, Index ld,
+                        Index L, Index b, float* S, Index ldS) {
+  const Index full = L / 16 * 16;
+  const __mmask16 tail = tail_mask(L - full);
+  for (Index g = 0; g < groups; ++g)
+    for (Index t = 0; t < hg; ++t) {
+      const Index i = g * hg + t;
+      const float* qi = q + i * q_ld;
+      float* Si = S + i * ldS;
+      Index jj = 0;
+      for (; jj + 4 <= b; jj += 4) {
+        const T* k0 = rows + jj * ld + g * L;
+        const T* k1 = k0 + ld;
+        const T* k2 = k1 + ld;
+        const T* k3 = k2 + ld;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        Index c = 0;
+        for (; c < full; c += 16) {
+          const __m512 qv = _mm512_loadu_ps(qi + c);
+          a0 = _mm512_fmadd_ps(qv, load16(k0 + c), a0);
+          a1 = _mm512_fmadd_ps(qv, load16(k1 + c), a1);
+          a2 = _mm512_fmadd_ps(qv, load16(k2 + c), a2);
+          a3 = _mm512_fmadd_ps(qv, load16(k3 + c), a3);
+        }
+        if (c < L) {
+          const __m512 qv = _mm512_maskz_loadu_ps(tail, qi + c);
+          a0 = _mm512_fmadd_ps(qv, load16(k0 + c, tail), a0);
+          a1 = _mm512_fmadd_ps(qv, load16(k1 + c, tail), a1);
+          a2 = _mm512_fmadd_ps(qv, load16(k2 + c, tail), a2);
+          a3 = _mm512_fmadd_ps(qv, load16(k3 + c, tail), a3);
+        }
+        _mm_storeu_ps(Si + jj, hsum4(a0, a1, a2, a3));
+      }
+      for (; jj < b; ++jj) dots_block<1>(qi, q_ld, rows + jj * ld + g * L, L, Si + jj, 1);
+    }
+}
+
+/// Register block: MR rows of C times NV vectors of 16 columns, accumulated over B keys, then
+/// C = alpha .* C + acc. The last vector is masked by `last` (all ones when full).
+/// pf0/pf1 (may be null): the same columns of the next tile (ld ldk), prefetched into L2 row by
+/// row so the next tile streams in from memory while this one computes.
+template <int MR, int NV, class T, bool Full = false>
+inline void micro(const float* P, Index ldp, Index B, const T* K, Index ldk, float* C, Index ldc,
+                  const float* alpha, __mmask16 last, const T* pf0, const T* pf1) {
+  __m512 acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  constexpr int kLine = static_cast<int>(64 / sizeof(T));  // values per cache line
+  for (Index j = 0; j < B; ++j) {
+    const T* krow = K + j * ldk;
+    if (pf0)
+      for (int v = 0; v < 16 * NV; v += kLine)
+        _mm_prefetch(reinterpret_cast<const char*>(pf0 + j * ldk + v), _MM_HINT_T1);
+    if (pf1)
+      for (int v = 0; v < 16 * NV; v += kLine)
+        _mm_prefetch(reinterpret_cast<const char*>(pf1 + j * ldk + v), _MM_HINT_T1);
+    __m512 kv[NV];
+    for (int v = 0; v < NV - 1; ++v) kv[v] = load16(krow + 16 * v);
+    // Masked loads cost ~3x a plain load on this core (measured): only the true tail uses one.
+    kv[NV - 1] = Full ? load16(krow + 16 * (NV - 1)) : load16(krow + 16 * (NV - 1), last);
+    pin(kv);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 p = _mm512_set1_ps(P[i * ldp + j]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(p, kv[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    const __m512 a = _mm512_set1_ps(alpha[i]);
+    float* c = C + i * ldc;
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v == NV - 1 ? last : __mmask16(0xFFFF);
+      const __m512 old = _mm512_maskz_loadu_ps(m, c + 16 * v);
+      _mm512_mask_storeu_ps(c + 16 * v, m, _mm512_fmadd_ps(a, old, acc[i][v]));
+    }
+  }
+}
+
+/// micro<MR, 4> for bfloat16 keys, full 64-column slab: a bfloat16 is the high half of a float,
+/// so interleaving zero words below it (unpacklo/hi) widens 32 keys in 2 shuffles instead of
+/// 2 widening moves and 2 shifts per 16. The unpacks permute columns within 128-bit lanes; the
+/// accumulators keep that order and are put back in column order once, at the store.
+template <int MR>
+inline void micro_bf16x64(const float* P, Index ldp, Index B, const bf16* K, Index ldk, float* C,
+                          Index ldc, const float* alpha, const bf16* pf0, const bf16* pf1) {
+  __m512 acc[MR][4];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512();
+  for (Index j = 0; j < B; ++j) {
+    const bf16* krow = K + j * ldk;
+    if (pf0) _mm_prefetch(reinterpret_cast<const char*>(pf0 + j * ldk), _MM_HINT_T1);
+    if (pf1) _mm_prefetch(reinterpret_cast<const char*>(pf1 + j * ldk), _MM_HINT_T1);
+    const __m512i x0 = _mm512_loadu_si512(krow), x1 = _mm512_loadu_si512(krow + 32);
+    __m512 kv[4];
+    kv[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x0));  // cols 0-3, 8-11, 16-19, 24-27
+    kv[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x0));  // cols 4-7, 12-15, ...
+    kv[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x1));
+    kv[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x1));
+    pin(kv);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 p = _mm512_set1_ps(P[i * ldp + j]);
+      for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_fmadd_ps(p, kv[v], acc[i][v]);
+    }
+  }
+  const __m512i lo = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+  const __m512i hi = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+  for (int i = 0; i < MR; ++i) {
+    const __m512 a = _mm512_set1_ps(alpha[i]);
+    float* c = C + i * ldc;
+    for (int half = 0; half < 2; ++half) {
+      const __m512 u = acc[i][2 * half], w = acc[i][2 * half + 1];
+      const __m512 first = _mm512_permutex2var_ps(u, lo, w);
+      const __m512 second = _mm512_permutex2var_ps(u, hi, w);
+      float* ch = c + 32 * half;
+      _mm512_storeu_ps(ch, _mm512_fmadd_ps(a, _mm512_loadu_ps(ch), first));
+      _mm512_storeu_ps(ch + 16, _mm512_fmadd_ps(a, _mm512_loadu_ps(ch + 16), second));
+    }
+  }
+}
+
+template <int MR, class T>
+inline void micro_cols(const float* P, Index ldp, Index B, const T* K, Index ldk, Index cols,
+                       float* C, Index ldc, const float* alpha, const T* pf0, const T* pf1) {
+  auto at = [](const T* p, Index c) { return p ? p + c : p; };
+  Index c = 0;
+  for (; c + 64 <= cols; c += 64) {
+    if constexpr (std::is_same_v<T, bf16>)
+      micro_bf16x64<MR>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, at(pf0, c), at(pf1, c));
+    else
+      micro<MR, 4, T, true>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, __mmask16(0xFFFF), at(pf0, c),
+                            at(pf1, c));
+  }
+  const Index rest = cols - c;
+  if (rest <= 0) return;
+  const Index nv = (rest + 15) / 16;
+  const __mmask16 last = tail_mask(rest - 16 * (nv - 1));
+  // Prefetch addresses step by whole cache lines from the slab's first column, so they stay
+  // within the row even when the last vector is partial.
+  const T* p0 = at(pf0, c);
+  const T* p1 = at(pf1, c);
+  switch (nv) {
+    case 1:
+      micro<MR, 1>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, last, p0, p1);
+      break;
+    case 2:
+      micro<MR, 2>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, last, p0, p1);
+      break;
+    case 3:
+      micro<MR, 3>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, last, p0, p1);
+      break;
+    default:
+      micro<MR, 4>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, last, p0, p1);
+      break;
+  }
+}
+
+/// C (rows x cols, ld ldc) = alpha .* C + P (rows x B, ld ldp) * K (B x cols, ld ldk).
+/// pf0/pf1: optional next-tile rows (B x cols, ld ldk) to prefetch while computing.
+template <class T>
+inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T* K, Index ldk,
+                         Index cols, float* C, Index ldc, const float* alpha,
+                         const T* pf0 = nullptr, const T* pf1 = nullptr) {
+  // Row blocks of at most 6 (24 accumulators + 4 key vectors fit the 32 registers), as even as
+  // possible: h = 8 runs as 4 + 4 rather than 6 + 2 (a 2-row block reloads the keys for 2 rows).
+  const Index blocks = (rows + 5) / 6;
+  Index i = 0;
+  for (Index blk = 0; blk < blocks; ++blk) {
+    const Index mr = (rows - i) / (blocks - blk) + ((rows - i) % (blocks - blk) != 0);
+    const float* Pi = P + i * ldp;
+    float* Ci = C + i * ldc;
+    switch (mr) {
+      case 6:
+        micro_cols<6>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
+        break;
+      case 5:
+        micro_cols<5>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
+        break;
+      case 4:
+        micro_cols<4>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
+        break;
+      case 3:
+        micro_cols<3>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
+        break;
+      case 2:
+        micro_cols<2>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
+        break;
+      default:
+        micro_cols<1>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
+        break;
+    }
+    pf0 = pf1 = nullptr;  // the first row block prefetched the next tile
+    i += mr;
+  }
+}
+
+#else  // portable
+
+template <class T>
+inline void group_dots(const float* q, Index q_ld, Index hg, const T* k, Index L, float* out,
+                       Index os) {
+  // 16 partial sums, as the SIMD path keeps: a single running sum loses accuracy with L, and
+  // large scores turn score error into output error.
+  for (Index t = 0; t < hg; ++t) {
+    const float* qt = q + t * q_ld;
+    float acc[16] = {};
+    for (Index c = 0; c < L; ++c) acc[c % 16] += qt[c] * to_float(k[c]);
+    for (int w = 8; w > 0; w /= 2)
+      for (int x = 0; x < w; ++x) acc[x] += acc[x + w];
+    out[t * os] = acc[0];
+  }
+}
+
+template <class T>
+inline void tile_scores(const float* q, Index q_ld, Index groups, Index hg, const T* rows, Index ld,
+                        Index L, Index b, float* S, Index ldS) {
+  for (Index jj = 0; jj < b; ++jj)
+    for (Index g = 0; g < groups; ++g)
+      group_dots(q + g * hg * q_ld, q_ld, hg, rows + jj * ld + g * L, L, S + g * hg * ldS + jj,
+                 ldS);
+}
+
+template <class T>
+inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T* K, Index ldk,
+                         Index cols, float* C, Index ldc, const float* alpha,
+                         const T* /*pf0*/ = nullptr, const T* /*pf1*/ = nullptr) {
+  for (Index i = 0; i < rows; ++i) {
+    float* c = C + i * ldc;
+    for (Index x = 0; x < cols; ++x) c[x] *= alpha[i];
+    const float* p = P + i * ldp;
+    for (Index j = 0; j < B; ++j) {
+      const T* krow = K + j * ldk;
+      const float pj = p[j];
+      for (Index x = 0; x < cols; ++x) c[x] += pj * to_float(krow[x]);
+    }
+  }
+}
+
+#endif
+
+}  // namespace ttx::kernel::detail

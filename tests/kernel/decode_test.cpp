@@ -1,0 +1,445 @@
+// ttx-test-labels: slim
+// The streaming decode kernels against double-precision references: decode_vanilla against
+// reference::attend, decode_weighted_keys / decode_weighted_rows against the explicit formula
+// softmax(scale q K^T + bias) K. Each kernel and a straightforward float computation (the baseline,
+// same working precision) are compared with the double reference under SPEC §5's rule. For
+// bfloat16/half storage both paths read the stored (rounded) values, so the rule measures the
+// kernel's own error; the storage rounding is checked separately against a computed first-order
+// bound.
+#include "ttx/kernel/decode.hpp"
+
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "support/random.hpp"
+#include "support/tolerance.hpp"
+#include "ttx/reference/attention.hpp"
+#include "ttx/reference/rope.hpp"
+
+using namespace ttx;
+using kernel::DecodeOptions;
+using kernel::KeyRotation;
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+const char* rotation_name(KeyRotation r) {
+  return r == KeyRotation::none ? "none"
+                                : (r == KeyRotation::rotate_on_read ? "rotate" : "unrotate");
+}
+
+/// h x n additive bias: small random values, every 5th key of each head masked with -inf, and
+/// (when `mask_head0`) every key of head 0 masked, which must give a zero row.
+std::vector<float> make_bias(Index h, Index n, bool mask_head0, test::Rng& rng) {
+  std::normal_distribution<double> g(0.0, 0.5);
+  std::vector<float> b(static_cast<size_t>(h * n));
+  for (Index i = 0; i < h; ++i)
+    for (Index j = 0; j < n; ++j)
+      b[static_cast<size_t>(i * n + j)] = (mask_head0 && i == 0) || (j % 5 == 2)
+                                              ? -std::numeric_limits<float>::infinity()
+                                              : static_cast<float>(g(rng));
+  return b;
+}
+
+/// Explicit slim formula in scalar S: U_i = softmax(scale q_i Ks_g(i)^T + bias_i) Kw, where Ks/Kw
+/// are K with the first e columns rotated (+) / un-rotated (-) as `rot` says.
+template <class S>
+RowMatrix<S> slim_formula(const RowVector<S>& q, const RowMatrix<S>& K, const AttentionShape& sh,
+                          double scale, KeyRotation rot, const RopeSpec* rope,
+                          const std::vector<float>* bias) {
+  const Index n = K.rows(), e = sh.kv_width(), dk = sh.head_dim;
+  RowMatrix<S> Ks = K, Kw = K;
+  if (rot == KeyRotation::rotate_on_read)
+    Ks.leftCols(e) = reference::rope<S>(RowMatrix<S>(K.leftCols(e)), sh.kv_heads, dk, *rope, 0, +1);
+  if (rot == KeyRotation::unrotate_on_read)
+    Kw.leftCols(e) = reference::rope<S>(RowMatrix<S>(K.leftCols(e)), sh.kv_heads, dk, *rope, 0, -1);
+  RowMatrix<S> U(sh.heads, K.cols());
+  for (Index i = 0; i < sh.heads; ++i) {
+    const Index g = sh.kv_head_of(i);
+    RowVector<S> s = (q.segment(i * dk, dk) * Ks.middleCols(g * dk, dk).transpose()) * S(scale);
+    if (bias)
+      for (Index j = 0; j < n; ++j) s(j) += S((*bias)[static_cast<size_t>(i * n + j)]);
+    stable_softmax(s);
+    U.row(i) = s * Kw;
+  }
+  return U;
+}
+
+/// Inputs-form formula: U_i = softmax(scale Qt_i X^T + bias_i) X.
+template <class S>
+RowMatrix<S> rows_formula(const RowMatrix<S>& Qt, const RowMatrix<S>& X, double scale,
+                          const std::vector<float>* bias) {
+  const Index n = X.rows();
+  RowMatrix<S> U(Qt.rows(), X.cols());
+  for (Index i = 0; i < Qt.rows(); ++i) {
+    RowVector<S> s = (Qt.row(i) * X.transpose()) * S(scale);
+    if (bias)
+      for (Index j = 0; j < n; ++j) s(j) += S((*bias)[static_cast<size_t>(i * n + j)]);
+    stable_softmax(s);
+    U.row(i) = s * X;
+  }
+  return U;
+}
+
+reference::ScoreBias bias_fn(const std::vector<float>* bias, Index n) {
+  if (!bias) return {};
+  return [bias, n](Index h, Index, Index k) {
+    return static_cast<double>((*bias)[static_cast<size_t>(h * n + k)]);
+  };
+}
+
+/// First-order bound on the relative (Frobenius) change of softmax(scale q Ks^T + b) Vs when every
+/// stored key and value is rounded with relative error <= u: |dv| <= u|v|, |ds_j| <= u*sigma with
+/// sigma = max_j scale * sum_t |q_t||k_jt|, |dp_j| <= 2 u sigma p_j, so elementwise
+/// |d out| <= u (1 + 2 sigma) sum_j p_j |v_j|; 10% added for second-order terms.
+double storage_bound(const RowVector<double>& q, const RowMatrix<double>& K,
+                     const RowMatrix<double>& V, const AttentionShape& sh, double scale,
+                     bool values_are_keys, const std::vector<float>* bias, double u,
+                     const RowMatrix<double>& out) {
+  const Index n = K.rows(), dk = sh.head_dim;
+  double num = 0;
+  for (Index i = 0; i < sh.heads; ++i) {
+    const Index g = sh.kv_head_of(i);
+    const auto Kh = K.middleCols(g * dk, dk);
+    const RowVector<double> qi = q.segment(i * dk, dk);
+    RowVector<double> s = (qi * Kh.transpose()) * scale;
+    if (bias)
+      for (Index j = 0; j < n; ++j) s(j) += (*bias)[static_cast<size_t>(i * n + j)];
+    stable_softmax(s);
+    const double sigma = ((Kh.cwiseAbs() * qi.cwiseAbs().transpose()) * scale).maxCoeff();
+    const RowVector<double> a = values_are_keys
+                                    ? RowVector<double>(s * V.cwiseAbs())
+                                    : RowVector<double>(s * V.middleCols(g * dk, dk).cwiseAbs());
+    num += (u * (1 + 2 * sigma) * 1.1 * a).squaredNorm();
+  }
+  return std::sqrt(num) / out.norm();
+}
+
+struct Shape {
+  Index heads, kv_heads, head_dim;
+};
+
+const std::vector<Shape> kShapes = {{4, 4, 64}, {8, 2, 24}, {4, 1, 33}, {2, 2, 128}};
+const std::vector<Index> kSizes = {1, 3, 7, 1000};
+
+template <class T>
+void vanilla_case(const Shape& s, Index n, bool with_bias, Index tile, int threads, double qscale,
+                  test::Rng& rng) {
+  const AttentionShape sh{s.heads * s.head_dim, s.heads, s.kv_heads, s.head_dim};
+  SCOPED_TRACE(testing::Message() << type_name<T>() << " h=" << s.heads << " kv=" << s.kv_heads
+                                  << " dk=" << s.head_dim << " n=" << n << " bias=" << with_bias
+                                  << " tile=" << tile << " threads=" << threads);
+  const RowMatrix<float> K0 = test::random_matrix<float>(n, sh.kv_width(), 1.0, rng);
+  const RowMatrix<float> V0 = test::random_matrix<float>(n, sh.kv_width(), 1.0, rng);
+  const RowVector<float> q = test::random_vector<float>(sh.q_width(), 0.0, qscale, rng);
+  KVCache<T> cache(sh, n + 3);
+  cache.append(K0, V0);
+  const std::vector<float> bias =
+      with_bias ? make_bias(sh.heads, n, n > 3, rng) : std::vector<float>{};
+  const std::vector<float>* bp = with_bias ? &bias : nullptr;
+
+  DecodeOptions opt;
+  opt.tile = tile;
+  opt.threads = threads;
+  opt.score_bias = with_bias ? bias.data() : nullptr;
+  RowVector<float> out(sh.q_width());
+  kernel::decode_vanilla<T>(q, cache, sh, opt, out);
+
+  // Both the baseline and the reference read the stored values.
+  const RowMatrix<float> Kf = cache.keys().view().template cast<float>();
+  const RowMatrix<float> Vf = cache.values().view().template cast<float>();
+  const double scale = sh.default_scale();
+  const RowMatrix<double> ref = reference::attend<double>(
+      q.cast<double>(), Kf.cast<double>(), Vf.cast<double>(), sh, scale, false, n, bias_fn(bp, n));
+  const RowMatrix<float> base =
+      reference::attend<float>(q, Kf, Vf, sh, scale, false, n, bias_fn(bp, n));
+  EXPECT_TRUE(test::within_rule(
+      out, base, ref, {2.0, test::roundoff_floor<float>(), "float accumulation"}, type_name<T>()));
+  if constexpr (!std::is_same_v<T, float>) {
+    if (n == 1000) {  // storage rounding, stated on its own: exact data vs stored data
+      const RowMatrix<double> exact =
+          reference::attend<double>(q.cast<double>(), K0.cast<double>(), V0.cast<double>(), sh,
+                                    scale, false, n, bias_fn(bp, n));
+      const double bound = storage_bound(q.cast<double>(), K0.cast<double>(), V0.cast<double>(), sh,
+                                         scale, false, bp, unit_roundoff<T>(), exact);
+      EXPECT_TRUE(
+          test::close_to(ref, exact, bound, "storage rounding, first-order bound", type_name<T>()));
+    }
+  }
+}
+
+template <class T>
+void slim_case(const Shape& s, Index n, Index extra, KeyRotation rot, const RopeSpec& rope,
+               bool with_bias, Index tile, int threads, test::Rng& rng) {
+  const AttentionShape sh{s.heads * s.head_dim, s.heads, s.kv_heads, s.head_dim};
+  SCOPED_TRACE(
+      testing::Message() << type_name<T>() << " h=" << s.heads << " kv=" << s.kv_heads
+                         << " dk=" << s.head_dim << " n=" << n << " extra=" << extra
+                         << " rot=" << rotation_name(rot) << " r=" << rope.rotary_dim << " layout="
+                         << (rope.layout == RopeLayout::interleaved ? "interleaved" : "half_split")
+                         << " bias=" << with_bias << " tile=" << tile << " threads=" << threads);
+  const Index w = sh.kv_width() + extra;
+  const RowMatrix<float> K0 = test::random_matrix<float>(n, w, 1.0, rng);
+  const RowVector<float> q = test::random_vector<float>(sh.q_width(), 0.0, 1.0, rng);
+  RowCache<T> keys(w, n + 2);
+  keys.append(K0);
+  const std::vector<float> bias =
+      with_bias ? make_bias(sh.heads, n, n > 3, rng) : std::vector<float>{};
+  const std::vector<float>* bp = with_bias ? &bias : nullptr;
+
+  DecodeOptions opt;
+  opt.tile = tile;
+  opt.threads = threads;
+  opt.rotation = rot;
+  opt.rope = rot == KeyRotation::none ? nullptr : &rope;
+  opt.score_bias = with_bias ? bias.data() : nullptr;
+  RowMatrix<float> U(sh.heads, w);
+  kernel::decode_weighted_keys<T>(q, keys, sh, opt, U);
+
+  const RowMatrix<float> Kf = keys.view().template cast<float>();
+  const double scale = sh.default_scale();
+  const RowMatrix<double> ref =
+      slim_formula<double>(q.cast<double>(), Kf.cast<double>(), sh, scale, rot, &rope, bp);
+  const RowMatrix<float> base = slim_formula<float>(q, Kf, sh, scale, rot, &rope, bp);
+  EXPECT_TRUE(test::within_rule(
+      U, base, ref, {2.0, test::roundoff_floor<float>(), "float accumulation"}, type_name<T>()));
+  if constexpr (!std::is_same_v<T, float>) {
+    if (n == 1000 && rot == KeyRotation::none) {
+      const RowMatrix<double> exact =
+          slim_formula<double>(q.cast<double>(), K0.cast<double>(), sh, scale, rot, &rope, bp);
+      const double bound = storage_bound(q.cast<double>(), K0.cast<double>(), K0.cast<double>(), sh,
+                                         scale, true, bp, unit_roundoff<T>(), exact);
+      EXPECT_TRUE(
+          test::close_to(ref, exact, bound, "storage rounding, first-order bound", type_name<T>()));
+    }
+  }
+}
+
+template <class T>
+class DecodeTyped : public ::testing::Test {};
+using StorageTypes = ::testing::Types<float, bf16, f16>;
+TYPED_TEST_SUITE(DecodeTyped, StorageTypes);
+
+TYPED_TEST(DecodeTyped, VanillaMatchesReferenceAttend) {
+  test::Rng rng(11);
+  for (const Shape& s : kShapes)
+    for (Index n : kSizes)
+      for (bool bias : {false, true})
+        if (bias || n < 1000) vanilla_case<TypeParam>(s, n, bias, 0, 1, 1.0, rng);
+}
+
+TYPED_TEST(DecodeTyped, VanillaTilesThreadsAndLargeScores) {
+  test::Rng rng(12);
+  for (auto [tile, threads] : {std::pair<Index, int>{7, 1}, {13, 2}, {100, 2}, {999, 1}})
+    vanilla_case<TypeParam>({8, 2, 64}, 1000, true, tile, threads, 1.0, rng);
+  // Scores spread over tens of units: the running max changes from tile to tile.
+  vanilla_case<TypeParam>({4, 4, 64}, 1000, false, 64, 2, 8.0, rng);
+}
+
+TYPED_TEST(DecodeTyped, WeightedKeysMatchesFormula) {
+  test::Rng rng(21);
+  for (const Shape& s : kShapes)
+    for (Index n : kSizes)
+      for (bool bias : {false, true})
+        if (bias || n < 1000)
+          slim_case<TypeParam>(s, n, 0, KeyRotation::none, RopeSpec::none(), bias, 0, 1, rng);
+}
+
+TYPED_TEST(DecodeTyped, WeightedKeysRotationModes) {
+  test::Rng rng(22);
+  const std::vector<Shape> shapes = {{4, 4, 64}, {8, 2, 24}, {4, 1, 128}};
+  for (const Shape& s : shapes)
+    for (KeyRotation rot : {KeyRotation::rotate_on_read, KeyRotation::unrotate_on_read})
+      for (RopeLayout layout : {RopeLayout::interleaved, RopeLayout::half_split})
+        for (Index r : {s.head_dim, s.head_dim / 2 - (s.head_dim / 2) % 2}) {
+          RopeSpec rope = RopeSpec::full(s.head_dim, layout);
+          rope.rotary_dim = r;
+          for (Index n : {Index(3), Index(300)})
+            slim_case<TypeParam>(s, n, 0, rot, rope, n == 300, 0, 1, rng);
+        }
+}
+
+TYPED_TEST(DecodeTyped, WeightedKeysWideCacheTilesAndThreads) {
+  test::Rng rng(23);
+  // w > e (a completed GQA basis): the extra columns join the weighted sum, never the scores.
+  RopeSpec rope = RopeSpec::full(24, RopeLayout::half_split);
+  rope.inv_freq = {1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005, 1e-4, 5e-5, 1e-5, 5e-6};
+  for (KeyRotation rot :
+       {KeyRotation::none, KeyRotation::rotate_on_read, KeyRotation::unrotate_on_read})
+    for (auto [tile, threads] : {std::pair<Index, int>{0, 2}, {13, 1}})
+      slim_case<TypeParam>({8, 2, 24}, 1000, 40, rot, rope, true, tile, threads, rng);
+}
+
+TYPED_TEST(DecodeTyped, WeightedRowsMatchesFormula) {
+  test::Rng rng(31);
+  for (Index w : {Index(64), Index(33), Index(160)})
+    for (Index n : kSizes)
+      for (Index h : {Index(1), Index(5)})
+        for (int threads : {1, 2}) {
+          SCOPED_TRACE(testing::Message() << type_name<TypeParam>() << " w=" << w << " n=" << n
+                                          << " h=" << h << " threads=" << threads);
+          const RowMatrix<float> X0 = test::random_matrix<float>(n, w, 1.0, rng);
+          const RowMatrix<float> Qt = test::random_matrix<float>(h, w, 0.2, rng);
+          RowCache<TypeParam> rows(w, n);
+          rows.append(X0);
+          const std::vector<float> bias = make_bias(h, n, false, rng);
+          DecodeOptions opt;
+          opt.scale = 0.7;
+          opt.threads = threads;
+          opt.tile = n == 1000 ? 97 : 0;
+          opt.score_bias = bias.data();
+          RowMatrix<float> U(h, w);
+          kernel::decode_weighted_rows<TypeParam>(Qt, rows, opt, U);
+          const RowMatrix<float> Xf = rows.view().template cast<float>();
+          const RowMatrix<double> ref =
+              rows_formula<double>(Qt.cast<double>(), Xf.cast<double>(), 0.7, &bias);
+          const RowMatrix<float> base = rows_formula<float>(Qt, Xf, 0.7, &bias);
+          EXPECT_TRUE(test::within_rule(U, base, ref,
+                                        {2.0, test::roundoff_floor<float>(), "float accumulation"},
+                                        type_name<TypeParam>()));
+        }
+}
+
+// Splitting the keys over threads only changes the order of float sums.
+TEST(Decode, ThreadsAgreeWithinRoundoff) {
+  test::Rng rng(41);
+  const AttentionShape sh{512, 8, 8, 64};
+  const Index n = 2000;
+  RowCache<float> keys(sh.kv_width(), n);
+  keys.append(test::random_matrix<float>(n, sh.kv_width(), 1.0, rng));
+  KVCache<float> kv(sh, n);
+  kv.append(test::random_matrix<float>(n, sh.kv_width(), 1.0, rng),
+            test::random_matrix<float>(n, sh.kv_width(), 1.0, rng));
+  const RowVector<float> q = test::random_vector<float>(sh.q_width(), 0.0, 1.0, rng);
+  const RopeSpec rope = RopeSpec::full(64, RopeLayout::interleaved);
+  DecodeOptions one, two;
+  one.threads = 1;
+  two.threads = 2;
+  one.rope = two.rope = &rope;
+  one.rotation = two.rotation = KeyRotation::rotate_on_read;
+  RowMatrix<float> U1(8, sh.kv_width()), U2(8, sh.kv_width());
+  kernel::decode_weighted_keys<float>(q, keys, sh, one, U1);
+  kernel::decode_weighted_keys<float>(q, keys, sh, two, U2);
+  const double bound = 64 * unit_roundoff<float>();
+  EXPECT_TRUE(test::close_to(U2, U1, bound, "thread split reorders float sums", "f32"));
+  one.rotation = two.rotation = KeyRotation::none;
+  RowVector<float> o1(sh.q_width()), o2(sh.q_width());
+  kernel::decode_vanilla<float>(q, kv, sh, one, o1);
+  kernel::decode_vanilla<float>(q, kv, sh, two, o2);
+  EXPECT_TRUE(test::close_to(o2, o1, bound, "thread split reorders float sums", "f32"));
+}
+
+// A rope table built for one spec must not be reused for another (it is cached per thread).
+TEST(Decode, RopeSpecChangesBetweenCalls) {
+  test::Rng rng(42);
+  const AttentionShape sh{128, 2, 2, 64};
+  const Index n = 200;
+  const RowMatrix<float> K0 = test::random_matrix<float>(n, 128, 1.0, rng);
+  RowCache<float> keys(128, n);
+  keys.append(K0);
+  const RowVector<float> q = test::random_vector<float>(128, 0.0, 1.0, rng);
+  for (double base : {10000.0, 500000.0, 10000.0}) {
+    const RopeSpec rope = RopeSpec::full(64, RopeLayout::half_split, base);
+    DecodeOptions opt;
+    opt.rope = &rope;
+    opt.rotation = KeyRotation::rotate_on_read;
+    RowMatrix<float> U(2, 128);
+    kernel::decode_weighted_keys<float>(q, keys, sh, opt, U);
+    const RowMatrix<double> ref = slim_formula<double>(
+        q.cast<double>(), K0.cast<double>(), sh, sh.default_scale(), opt.rotation, &rope, nullptr);
+    const RowMatrix<float> bsl =
+        slim_formula<float>(q, K0, sh, sh.default_scale(), opt.rotation, &rope, nullptr);
+    EXPECT_TRUE(test::within_rule(U, bsl, ref, {2.0, test::roundoff_floor<float>(), ""}, "f32"))
+        << "base " << base;
+  }
+}
+
+template <class F>
+void expect_shape_error(F&& f, const std::string& text) {
+  try {
+    f();
+    ADD_FAILURE() << "expected ShapeError mentioning '" << text << "'";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+  }
+}
+
+TEST(Decode, BadInputsNameTheArgument) {
+  const AttentionShape sh{64, 4, 2, 16};
+  KVCache<float> kv(sh, 8);
+  RowCache<float> keys(32, 8);
+  const RowVector<float> q = RowVector<float>::Ones(64);
+  RowVector<float> out(64);
+  RowMatrix<float> U(4, 32);
+  DecodeOptions opt;
+  // empty caches
+  expect_shape_error([&] { kernel::decode_vanilla<float>(q, kv, sh, opt, out); }, "cache size");
+  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, opt, U); },
+                     "cache size");
+  kv.append(RowMatrix<float>::Ones(3, 32), RowMatrix<float>::Ones(3, 32));
+  keys.append(RowMatrix<float>::Ones(3, 32));
+  // vanilla
+  expect_shape_error(
+      [&] { kernel::decode_vanilla<float>(RowVector<float>::Ones(63), kv, sh, opt, out); },
+      "q.cols() (= heads*head_dim) expected 64, got 63");
+  RowVector<float> short_out(32);
+  expect_shape_error([&] { kernel::decode_vanilla<float>(q, kv, sh, opt, short_out); },
+                     "out.cols() (= heads*head_dim) expected 64, got 32");
+  expect_shape_error(
+      [&] {
+        kernel::decode_vanilla<float>(q, kv, AttentionShape{64, 4, 4, 16}, opt, out);
+      },
+      "cache.shape()");
+  expect_shape_error(
+      [&] {
+        kernel::decode_vanilla<float>(q, kv, AttentionShape{64, 4, 3, 16}, opt, out);
+      },
+      "shape.kv_heads");
+  DecodeOptions rot;
+  rot.rotation = KeyRotation::rotate_on_read;
+  expect_shape_error([&] { kernel::decode_vanilla<float>(q, kv, sh, rot, out); }, "opt.rotation");
+  // weighted keys
+  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, rot, U); },
+                     "opt.rope expected a RopeSpec");
+  RopeSpec odd = RopeSpec::full(16, RopeLayout::interleaved);
+  odd.rotary_dim = 7;
+  rot.rope = &odd;
+  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, rot, U); },
+                     "rope.rotary_dim");
+  RowMatrix<float> badU(4, 31);
+  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, opt, badU); },
+                     "U expected 4x32, got 4x31");
+  RowCache<float> narrow(16, 4);
+  narrow.append(RowMatrix<float>::Ones(1, 16));
+  RowMatrix<float> U16(4, 16);
+  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, narrow, sh, opt, U16); },
+                     "keys.width() expected >= kv_width=32, got 16");
+  DecodeOptions neg;
+  neg.tile = -1;
+  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, neg, U); },
+                     "opt.tile expected >= 0, got -1");
+  neg.tile = 0;
+  neg.threads = -2;
+  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, neg, U); },
+                     "opt.threads expected >= 0, got -2");
+  // weighted rows
+  const RowMatrix<float> Qt = RowMatrix<float>::Ones(4, 32);
+  expect_shape_error([&] { kernel::decode_weighted_rows<float>(Qt, keys, opt, U); },
+                     "opt.scale expected nonzero");
+  DecodeOptions one;
+  one.scale = 1;
+  expect_shape_error(
+      [&] { kernel::decode_weighted_rows<float>(RowMatrix<float>::Ones(4, 30), keys, one, U); },
+      "Qt.cols() (= rows.width()) expected 32, got 30");
+  expect_shape_error([&] { kernel::decode_weighted_rows<float>(Qt, keys, one, badU); },
+                     "U expected 4x32, got 4x31");
+  one.rotation = KeyRotation::unrotate_on_read;
+  expect_shape_error([&] { kernel::decode_weighted_rows<float>(Qt, keys, one, U); },
+                     "opt.rotation");
+}
+
+}  // namespace

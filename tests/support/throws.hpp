@@ -1,0 +1,32 @@
+// Bad-input checks: the call must throw exactly the expected ttx error type, and its message must
+// contain every given fragment (the argument's name, the expected and the actual value).
+//   EXPECT_TRUE(test::throws<ShapeError>([&] { f(bad); }, {"wk", "expected 32x32", "got 32x16"}));
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <exception>
+#include <initializer_list>
+#include <string>
+#include <typeinfo>
+
+namespace ttx::test {
+
+template <class E, class F>
+::testing::AssertionResult throws(F&& call, std::initializer_list<const char*> fragments) {
+  try {
+    call();
+  } catch (const E& e) {
+    const std::string msg = e.what();
+    for (const char* part : fragments)
+      if (msg.find(part) == std::string::npos)
+        return ::testing::AssertionFailure() << "message lacks '" << part << "': " << msg;
+    return ::testing::AssertionSuccess() << msg;
+  } catch (const std::exception& e) {
+    return ::testing::AssertionFailure()
+           << "threw another type (" << typeid(e).name() << "): " << e.what();
+  }
+  return ::testing::AssertionFailure() << "did not throw " << typeid(E).name();
+}
+
+}  // namespace ttx::test
