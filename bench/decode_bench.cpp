@@ -135,6 +135,7 @@ void register_type() {
 const bool registered = [] {
   register_type<float>();
   register_type<bf16>();
+  register_type<f16>();
   return true;
 }();
 

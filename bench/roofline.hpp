@@ -12,7 +12,7 @@
 namespace ttx::bench {
 
 struct Roofline {
-  double read_gbps_1t = 0, read_gbps = 0;      ///< sustained read bandwidth, GB/s
+  double read_gbps_1t = 0, read_gbps = 0;      ///< best of a streaming reduction and a GEMV, GB/s
   double peak_gflops_1t = 0, peak_gflops = 0;  ///< Eigen fp32 GEMM 2048^3, GFLOP/s
   int threads = 1;                             ///< hardware threads used for the "all" figures
 };

@@ -55,6 +55,39 @@ inline RowVector<float> bias_or_zero(const RowVector<float>& b, Index n) {
   return b.size() ? b : RowVector<float>(RowVector<float>::Zero(n));
 }
 
+/// Attention of rotated queries q (1 x e_q) over a KV cache: decode_vanilla, then W_O (+ b_O).
+template <class T>
+void attend_and_project(const RowVector<float>& q, const KVCache<T>& cache,
+                        const AttentionConfig& attn, const AttentionWeights<float>& w, int threads,
+                        RowVector<float>& y) {
+  const auto& s = attn.shape;
+  RowVector<float> heads(s.q_width());
+  kernel::DecodeOptions opt;
+  opt.scale = attn.effective_scale();
+  opt.threads = threads;
+  kernel::decode_vanilla<T>(q, cache, s, opt, heads);
+  kernel::linear_unscaled<float>(heads, w.wo, bias_or_zero(w.bo, s.d), y);
+}
+
+/// Vanilla attention of one normalised token h at position cache.size(): Q, K, V projections,
+/// RoPE (freqs = attn.rope.frequencies()), k and v appended to the cache, then
+/// attend_and_project. The baseline's layers and the slim runner's fallback both run this.
+template <class T>
+void kv_attention(const RowVector<float>& h, const AttentionWeights<float>& w,
+                  const AttentionConfig& attn, const std::vector<double>& freqs, int threads,
+                  KVCache<T>& cache, RowVector<float>& y) {
+  const auto& s = attn.shape;
+  const Index pos = cache.size();
+  RowVector<float> q(s.q_width()), k(s.kv_width()), v(s.kv_width());
+  kernel::linear_unscaled<float>(h, w.wq, bias_or_zero(w.bq, s.q_width()), q);
+  kernel::linear_unscaled<float>(h, w.wk, bias_or_zero(w.bk, s.kv_width()), k);
+  kernel::linear_unscaled<float>(h, w.wv, bias_or_zero(w.bv, s.kv_width()), v);
+  rotate(q, s.heads, s.head_dim, attn.rope, freqs, pos);
+  rotate(k, s.kv_heads, s.head_dim, attn.rope, freqs, pos);
+  cache.append(k, v);
+  attend_and_project(q, cache, attn, w, threads, y);
+}
+
 /// The baseline: RMSNorm(x) ⊙ g, then Q, K, V, RoPE, a KV cache, the output projection, SwiGLU.
 template <class T>
 class VanillaRunner {
@@ -74,24 +107,12 @@ class VanillaRunner {
   RowVector<float> step(int token) {
     const auto& c = m_.config;
     const auto& s = c.block.attn.shape;
-    const Index pos = caches_.front().size();
-    RowVector<float> x = m_.weights.embedding.row(token), h(s.d), y(s.d), heads(s.q_width());
-    kernel::DecodeOptions opt;
-    opt.scale = c.block.attn.effective_scale();
-    opt.threads = threads_;
+    RowVector<float> x = m_.weights.embedding.row(token), h(s.d), y(s.d);
     for (Index l = 0; l < c.layers; ++l) {
       const auto& b = m_.weights.blocks[static_cast<size_t>(l)];
       kernel::rms_normalize<float>(x, applied_gain(c.block.norm, b.norm1.gain), c.block.norm.eps,
                                    h);
-      RowVector<float> q(s.q_width()), k(s.kv_width()), v(s.kv_width());
-      kernel::linear_unscaled<float>(h, b.attn.wq, bias_or_zero(b.attn.bq, s.q_width()), q);
-      kernel::linear_unscaled<float>(h, b.attn.wk, bias_or_zero(b.attn.bk, s.kv_width()), k);
-      kernel::linear_unscaled<float>(h, b.attn.wv, bias_or_zero(b.attn.bv, s.kv_width()), v);
-      rotate(q, s.heads, s.head_dim, c.block.attn.rope, freqs_, pos);
-      rotate(k, s.kv_heads, s.head_dim, c.block.attn.rope, freqs_, pos);
-      caches_[static_cast<size_t>(l)].append(k, v);
-      kernel::decode_vanilla<T>(q, caches_[static_cast<size_t>(l)], s, opt, heads);
-      kernel::linear_unscaled<float>(heads, b.attn.wo, bias_or_zero(b.attn.bo, s.d), y);
+      kv_attention(h, b.attn, c.block.attn, freqs_, threads_, caches_[static_cast<size_t>(l)], y);
       x += y;
       kernel::rms_normalize<float>(x, applied_gain(c.block.norm, b.norm2.gain), c.block.norm.eps,
                                    h);
@@ -132,6 +153,7 @@ class SlimRunner {
         m.config, m.weights, {m.tied_head ? rewrite::HeadTying::tied : rewrite::HeadTying::untied});
     if (!folded_.notes.empty()) notes_.push_back("FlashNorm: " + folded_.notes);
     const auto& c = folded_.config;
+    freqs_ = c.block.attn.rope.frequencies();
     for (Index l = 0; l < c.layers; ++l) {
       const auto& b = folded_.weights.blocks[static_cast<size_t>(l)];
       try {
@@ -203,7 +225,8 @@ class SlimRunner {
       // The gain lives in W_Q, W_K, W_V now; only the scalar 1/RMS(x) is left.
       xn = x * static_cast<float>(rms.scale(x.squaredNorm(), s.d));
       if (slim_.empty())
-        kv_attention(xn, b.attn, kvcache_[static_cast<size_t>(l)], y);
+        kv_attention(xn, b.attn, c.block.attn, freqs_, threads_, kvcache_[static_cast<size_t>(l)],
+                     y);
       else
         kernel::slim_decode(xn, slim_[static_cast<size_t>(l)], kcache_[static_cast<size_t>(l)], y,
                             ws_, opt);
@@ -226,27 +249,6 @@ class SlimRunner {
   }
 
  private:
-  /// Vanilla attention on folded weights (the fallback when slim attention does not apply).
-  void kv_attention(const RowVector<float>& xn, const AttentionWeights<float>& w, KVCache<T>& cache,
-                    RowVector<float>& y) {
-    const auto& c = folded_.config;
-    const auto& s = c.block.attn.shape;
-    const Index pos = cache.size();
-    const auto freqs = c.block.attn.rope.frequencies();
-    RowVector<float> q(s.q_width()), k(s.kv_width()), v(s.kv_width()), heads(s.q_width());
-    kernel::linear_unscaled<float>(xn, w.wq, bias_or_zero(w.bq, s.q_width()), q);
-    kernel::linear_unscaled<float>(xn, w.wk, bias_or_zero(w.bk, s.kv_width()), k);
-    kernel::linear_unscaled<float>(xn, w.wv, bias_or_zero(w.bv, s.kv_width()), v);
-    rotate(q, s.heads, s.head_dim, c.block.attn.rope, freqs, pos);
-    rotate(k, s.kv_heads, s.head_dim, c.block.attn.rope, freqs, pos);
-    cache.append(k, v);
-    kernel::DecodeOptions opt;
-    opt.scale = c.block.attn.effective_scale();
-    opt.threads = threads_;
-    kernel::decode_vanilla<T>(q, cache, s, opt, heads);
-    kernel::linear_unscaled<float>(heads, w.wo, bias_or_zero(w.bo, s.d), y);
-  }
-
   /// Layer 1 from the table: residual, rotated q and the raw key come from the token's row; the
   /// slim kernel streams the keys once (U = S K), V-side: head_i = U_i W_KV,i.
   void layer_one_from_table(int token, RowVector<float>& x) {
@@ -257,11 +259,8 @@ class SlimRunner {
     RowVector<float> heads(s.q_width()), y(s.d);
     if (slim_.empty()) {  // rotated q, k and v straight into the KV cache
       kernel::first_layer_lookup(table_, {token}, kvcache_.front(), q, residual);
-      kernel::DecodeOptions opt;
-      opt.scale = c.block.attn.effective_scale();
-      opt.threads = threads_;
-      kernel::decode_vanilla<T>(q, kvcache_.front(), s, opt, heads);
-      kernel::linear_unscaled<float>(heads, b.attn.wo, bias_or_zero(b.attn.bo, s.d), y);
+      attend_and_project(RowVector<float>(q.row(0)), kvcache_.front(), c.block.attn, b.attn,
+                         threads_, y);
       x = residual + y;
       kernel::flashnorm_ffn<float>(x, b.ffn, c.block.ffn, {c.block.norm.eps, true}, y);
       x += y;
@@ -269,7 +268,7 @@ class SlimRunner {
     }
     const auto& slim = slim_.front();
     auto& keys = kcache_.front().keys();
-    kernel::first_layer_lookup(table_, {token}, keys, kernel::KeyForm::raw, q, residual);
+    kernel::first_layer_lookup(table_, {token}, keys, KeyStorage::raw, q, residual);
     kernel::DecodeOptions opt;
     opt.scale = slim.scale;
     opt.rope = &slim.rope;
@@ -294,6 +293,7 @@ class SlimRunner {
   std::vector<KCache<T>> kcache_;
   std::vector<KVCache<T>> kvcache_;
   kernel::SlimWorkspace ws_;
+  std::vector<double> freqs_;
   rewrite::FirstLayerTable<float> table_;
   bool use_table_ = false, table_requested_ = false;
   RowMatrix<float> u_;
@@ -322,21 +322,16 @@ Result generate(Runner& r, const std::vector<int>& prompt, Index steps) {
                  long(total));
     if (done == total) std::fprintf(stderr, "\n");
   };
-  RowVector<float> logits;
-  for (int t : prompt) {
-    logits = r.step(t);
-    progress();
-  }
-  for (Index i = 0; i < steps; ++i) {
-    Index best = 0;
-    logits.maxCoeff(&best);
-    out.tokens.push_back(static_cast<int>(best));
-    out.logits.push_back(logits);
-    if (i + 1 < steps) {
-      logits = r.step(static_cast<int>(best));
-      progress();
-    }
-  }
+  out.tokens = greedy_generate(
+      [&](const std::vector<int>& tokens) {
+        RowVector<float> logits;
+        for (int t : tokens) {
+          logits = r.step(t);
+          progress();
+        }
+        return logits;
+      },
+      prompt, steps, &out.logits, "demo::generate");
   out.seconds = elapsed();
   out.tokens_run = total;
   out.context_bytes = r.context_bytes();
@@ -345,23 +340,7 @@ Result generate(Runner& r, const std::vector<int>& prompt, Index steps) {
 
 /// The reference oracle in double on the same weights (the yardstick for every path's error).
 inline Result reference_generate(const Model& m, const std::vector<int>& prompt, Index steps) {
-  ModelWeights<double> w;
-  auto d = [](const auto& x) { return x.template cast<double>().eval(); };
-  w.embedding = d(m.weights.embedding);
-  w.positions = d(m.weights.positions);
-  for (const auto& b : m.weights.blocks) {
-    BlockWeights<double> o;
-    o.norm1 = {d(b.norm1.gain), d(b.norm1.beta)};
-    o.norm2 = {d(b.norm2.gain), d(b.norm2.beta)};
-    o.attn = {d(b.attn.wq), d(b.attn.wk), d(b.attn.wv), d(b.attn.wo),
-              d(b.attn.bq), d(b.attn.bk), d(b.attn.bv), d(b.attn.bo)};
-    o.ffn = {d(b.ffn.w_in), d(b.ffn.w_up), d(b.ffn.w_out),
-             d(b.ffn.b_in), d(b.ffn.b_up), d(b.ffn.b_out)};
-    w.blocks.push_back(std::move(o));
-  }
-  w.final_norm = {d(m.weights.final_norm.gain), d(m.weights.final_norm.beta)};
-  w.lm_head = d(m.weights.lm_head);
-  reference::DecoderModel<double> model(m.config, std::move(w));
+  reference::DecoderModel<double> model(m.config, cast_weights<double>(m.weights));
   std::vector<RowVector<double>> logits;
   Result r;
   r.path = "reference (f64)";

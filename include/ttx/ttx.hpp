@@ -61,3 +61,7 @@
 
 // Precision planner and certificates: which cache form and storage type to trust, measured
 #include "ttx/rewrite/precision.hpp"
+
+// Cleanup: greedy decoding loop, key storage enum.
+#include "ttx/core/greedy.hpp"
+#include "ttx/core/key_storage.hpp"

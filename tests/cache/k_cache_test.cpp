@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "support/throws.hpp"
 #include "ttx/cache/kv_cache.hpp"
 #include "ttx/cache/v_cache.hpp"
 
@@ -15,15 +16,7 @@ using namespace ttx;
 
 namespace {
 
-template <class F>
-std::string error_text(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_text;
 
 template <class T>
 class KCacheTyped : public ::testing::Test {};

@@ -7,21 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "support/throws.hpp"
 #include "ttx/cache/kv_cache.hpp"
 
 using namespace ttx;
 
 namespace {
 
-template <class F>
-std::string error_text(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_text;
 
 template <class T>
 class XCacheTyped : public ::testing::Test {};

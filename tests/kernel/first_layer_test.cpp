@@ -71,12 +71,6 @@ ModelWeights<double> random_weights(const Case& c, const ModelConfig& mc, test::
   return test::random_model<double>(mc, kFfn, rng, b, c.biases);
 }
 
-template <class To>
-BlockWeights<To> cast_block(const BlockWeights<double>& b) {
-  return {test::cast<To>(b.norm1), test::cast<To>(b.norm2), test::cast<To>(b.attn),
-          test::cast<To>(b.ffn)};
-}
-
 /// Layer 1 with the reference oracle in T for tokens at positions start...: rotated q, rotated k,
 /// v, and the residual (x, plus ffn(norm2(x)) for parallel blocks).
 template <class T>
@@ -136,12 +130,12 @@ TEST(FirstLayerKernel, TableLookupIsBitwiseTheComputedPath) {
       EXPECT_TRUE(test::bitwise_equal(rt, rc));
       kernel::first_layer_lookup(table, ids, bt, qt, rt);
       kernel::first_layer_compute(w.embedding, w.blocks[0], mc.block, ids, bc, qc, rc);
-      kernel::first_layer_lookup(table, ids, raw_t, kernel::KeyForm::raw, qt, rt);
-      kernel::first_layer_compute(w.embedding, w.blocks[0], mc.block, ids, raw_c,
-                                  kernel::KeyForm::raw, qc, rc);
-      kernel::first_layer_lookup(table, ids, rot_t, kernel::KeyForm::rotated, qt, rt);
+      kernel::first_layer_lookup(table, ids, raw_t, KeyStorage::raw, qt, rt);
+      kernel::first_layer_compute(w.embedding, w.blocks[0], mc.block, ids, raw_c, KeyStorage::raw,
+                                  qc, rc);
+      kernel::first_layer_lookup(table, ids, rot_t, KeyStorage::rotated, qt, rt);
       kernel::first_layer_compute(w.embedding, w.blocks[0], mc.block, ids, rot_c,
-                                  kernel::KeyForm::rotated, qc, rc);
+                                  KeyStorage::rotated, qc, rc);
       EXPECT_TRUE(test::bitwise_equal(qt, qc));
       EXPECT_TRUE(test::bitwise_equal(rt, rc));
     }
@@ -203,7 +197,7 @@ void check_rule() {
     // The vanilla path sees the weights as stored in T.
     const ModelWeights<double> wt = test::cast<double>(test::cast<T>(w));
     const RowMatrix<float> Ef = test::cast<float>(wt.embedding);
-    const BlockWeights<float> bf = cast_block<float>(wt.blocks[0]);
+    const BlockWeights<float> bf = test::cast<float>(wt.blocks[0]);
     KVCache<T> cache(s, 16);
     Index start = 0;
     for (const std::vector<int>& ids : {kPrompt, std::vector<int>{123}}) {
@@ -396,12 +390,12 @@ TEST(FirstLayerKernel, BadInputIsAClearError) {
   RowCache<float> keys_bad(s.d, 4);
   expect(
       [&] {
-        kernel::first_layer_lookup(table, {1, 2}, keys_bad, kernel::KeyForm::raw, q, res);
+        kernel::first_layer_lookup(table, {1, 2}, keys_bad, KeyStorage::raw, q, res);
       },
       ShapeError{""}, "keys.width() (= e = kv_heads * head_dim) expected 32, got 64");
   RowCache<float> keys(s.kv_width(), 1);
   try {
-    kernel::first_layer_lookup(table, {1, 2}, keys, kernel::KeyForm::rotated, q, res);
+    kernel::first_layer_lookup(table, {1, 2}, keys, KeyStorage::rotated, q, res);
     ADD_FAILURE() << "expected CapacityError";
   } catch (const CapacityError& e) {
     EXPECT_NE(std::string(e.what()).find("RowCache::extend: cache capacity expected >= 2"),

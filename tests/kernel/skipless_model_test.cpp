@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "support/random.hpp"
+#include "support/throws.hpp"
 #include "support/tolerance.hpp"
 #include "ttx/reference/model.hpp"
 #include "ttx/rewrite/skipless.hpp"
@@ -62,15 +63,6 @@ void expect_matches_reference(ModelConfig cfg, Index f, std::uint64_t seed) {
                                 {2.0, test::roundoff_floor<float>(), "same computation, float"},
                                 type_name<T>()));
   EXPECT_EQ(run.position(), static_cast<Index>(toks.size()));
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace
@@ -187,25 +179,25 @@ TEST(SkiplessModel, BadInputsGiveClearErrors) {
   {
     ModelWeights<float> bad = w;
     bad.blocks[1].attn.wv = RowMatrix<float>::Zero(32, 8);
-    EXPECT_NE(error_of([&] {
+    EXPECT_NE(test::error_text([&] {
                 kernel::SkiplessModel<float>(cfg, bad, 4);
               }).find("blocks[1].attn.wv expected 32x16, got 32x8"),
               std::string::npos);
     bad = w;
     bad.blocks[0].attn.wk = {};  // GQA: K is 32 x 16, cannot be the identity
-    EXPECT_NE(error_of([&] { kernel::SkiplessModel<float>(cfg, bad, 4); })
+    EXPECT_NE(test::error_text([&] { kernel::SkiplessModel<float>(cfg, bad, 4); })
                   .find("blocks[0].attn.wk is empty (the identity, a removed projection), which "
                         "needs a square shape: 32 inputs expected = 16 outputs"),
               std::string::npos);
     bad = w;
     bad.blocks[0].ffn.b_in = RowVector<float>::Zero(3);
-    EXPECT_NE(error_of([&] {
+    EXPECT_NE(test::error_text([&] {
                 kernel::SkiplessModel<float>(cfg, bad, 4);
               }).find("blocks[0].ffn.b_in size expected 48, got 3"),
               std::string::npos);
     bad = w;
     bad.blocks[1].ffn.w_in = RowMatrix<float>::Zero(16, 48);  // P kept, so the FFN reads d = 32
-    EXPECT_NE(error_of([&] {
+    EXPECT_NE(test::error_text([&] {
                 kernel::SkiplessModel<float>(cfg, bad, 4);
               }).find("blocks[1].ffn.w_in expected 32x48, got 16x48"),
               std::string::npos);
@@ -213,23 +205,24 @@ TEST(SkiplessModel, BadInputsGiveClearErrors) {
     bad.lm_head = RowMatrix<float>::Zero(32, 5);
     EXPECT_THROW(kernel::SkiplessModel<float>(cfg, bad, 4), ShapeError);
   }
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(test::error_text([&] {
               kernel::SkiplessModel<float>(cfg, w, 0);
             }).find("capacity expected > 0, got 0"),
             std::string::npos);
   kernel::SkiplessModel<float> m(cfg, w, 2);
-  EXPECT_NE(error_of([&] { m.step(96); }).find("token expected in [0, 96), got 96"),
+  EXPECT_NE(test::error_text([&] { m.step(96); }).find("token expected in [0, 96), got 96"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { m.generate({}, 1); }).find("prompt expected at least 1 token"),
+  EXPECT_NE(test::error_text([&] { m.generate({}, 1); }).find("prompt expected at least 1 token"),
             std::string::npos);
   m.step(1);
   m.step(2);
   EXPECT_THROW(m.step(3), CapacityError);
-  EXPECT_NE(
-      error_of([&] { m.step(3); }).find("cache capacity expected >= 3 tokens, got capacity 2"),
-      std::string::npos);
+  EXPECT_NE(test::error_text([&] {
+              m.step(3);
+            }).find("cache capacity expected >= 3 tokens, got capacity 2"),
+            std::string::npos);
   EXPECT_EQ(m.position(), 2);  // a refused step changes nothing
-  EXPECT_NE(error_of([&] { m.truncate(3); }).find("n expected in [0, 2], got 3"),
+  EXPECT_NE(test::error_text([&] { m.truncate(3); }).find("n expected in [0, 2], got 3"),
             std::string::npos);
   ModelConfig lp = cfg;
   lp.learned_positions = true;
@@ -238,6 +231,6 @@ TEST(SkiplessModel, BadInputsGiveClearErrors) {
   wp.positions = RowMatrix<float>::Zero(1, 32);
   kernel::SkiplessModel<float> p(lp, wp, 4);
   p.step(0);
-  EXPECT_NE(error_of([&] { p.step(0); }).find("position expected < max_positions=1, got 1"),
+  EXPECT_NE(test::error_text([&] { p.step(0); }).find("position expected < max_positions=1, got 1"),
             std::string::npos);
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernel/slim_harness.hpp"
+#include "support/throws.hpp"
 
 using namespace ttx;
 using namespace ttx::slim_test;
@@ -196,15 +197,7 @@ TEST(SlimAttention, IllConditionedKeysAreMeasuredHonestly) {
 
 // ---- the contracts --------------------------------------------------------------------------
 
-template <class F>
-std::string error_text(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_text;
 
 struct Small {
   AttentionConfig cfg{{32, 4, 4, 8}, 0.0, RopeSpec::full(8, RopeLayout::half_split)};

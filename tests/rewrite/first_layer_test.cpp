@@ -77,12 +77,6 @@ Layer1 random_layer1(const Case& c, test::Rng& rng, Index vocab = kVocab) {
   return l;
 }
 
-template <class To>
-BlockWeights<To> cast_block(const BlockWeights<double>& b) {
-  return {test::cast<To>(b.norm1), test::cast<To>(b.norm2), test::cast<To>(b.attn),
-          test::cast<To>(b.ffn)};
-}
-
 /// The vanilla first layer (before RoPE) written with the reference oracle in T: [x | q | k | v].
 template <class T>
 RowMatrix<T> vanilla_rows(const RowMatrix<T>& embedding, const BlockWeights<T>& b,
@@ -120,7 +114,7 @@ TEST(FirstLayerTable, RowsFollowTheRuleAgainstTheDoubleReference) {
     const Layer1 l = random_layer1(c, rng);
     const RowMatrix<double> ref = vanilla_rows<double>(l.embedding, l.block, cfg);
     const RowMatrix<float> E = test::cast<float>(l.embedding);
-    const BlockWeights<float> bf = cast_block<float>(l.block);
+    const BlockWeights<float> bf = test::cast<float>(l.block);
     const RowMatrix<float> vanilla = vanilla_rows<float>(E, bf, cfg);
     const auto working = rewrite::build_first_layer_table<float>(E, bf, cfg);
     const auto exact = rewrite::build_first_layer_table<float>(
@@ -144,7 +138,7 @@ TEST(FirstLayerTable, RowsDoNotDependOnBatchOrThreads) {
     const BlockConfig cfg = config_of(c);
     const Layer1 l = random_layer1(c, rng);
     const RowMatrix<float> E = test::cast<float>(l.embedding);
-    const BlockWeights<float> bf = cast_block<float>(l.block);
+    const BlockWeights<float> bf = test::cast<float>(l.block);
     const Index W = rewrite::FirstLayerLayout::of(cfg.attn.shape).width();
     std::vector<int> ids;
     for (int i = 0; i < 37; ++i) ids.push_back((i * 97 + 5) % kVocab);
@@ -243,8 +237,8 @@ TEST(FirstLayerTable, FlashNormFoldedWeightsGiveTheSameTable) {
       // In the working precision the folded float weights follow the usual rule too.
       const RowMatrix<double> ref = vanilla_rows<double>(l.embedding, l.block, cfg);
       const RowMatrix<float> E = test::cast<float>(l.embedding);
-      const auto t2 = rewrite::build_first_layer_table<float>(E, cast_block<float>(folded), cfg);
-      const RowMatrix<float> vanilla = vanilla_rows<float>(E, cast_block<float>(l.block), cfg);
+      const auto t2 = rewrite::build_first_layer_table<float>(E, test::cast<float>(folded), cfg);
+      const RowMatrix<float> vanilla = vanilla_rows<float>(E, test::cast<float>(l.block), cfg);
       EXPECT_TRUE(test::within_rule(t2.rows, vanilla, ref, {2.0, test::roundoff_floor<float>(), ""},
                                     "f32"));
     }
@@ -267,10 +261,7 @@ void check_low_precision_storage() {
     // Vanilla in T: weights and embedding stored as T, arithmetic in float, outputs stored as T.
     const RowMatrix<float> E = test::cast<T>(l.embedding).template cast<float>();
     const BlockWeights<float> bt =
-        cast_block<float>(BlockWeights<double>{test::cast<double>(test::cast<T>(l.block.norm1)),
-                                               test::cast<double>(test::cast<T>(l.block.norm2)),
-                                               test::cast<double>(test::cast<T>(l.block.attn)),
-                                               test::cast<double>(test::cast<T>(l.block.ffn))});
+        test::cast<float>(test::cast<T>(l.block));  // T values are exact in float
     const RowMatrix<T> vanilla = vanilla_rows<float>(E, bt, cfg).template cast<T>();
     // A float-sized floor: the errors here are ~1e-3 (bf16) / ~4e-4 (half), so the factor of 2
     // over the vanilla path decides alone.
@@ -380,7 +371,7 @@ TEST(FirstLayerTable, BadShapesNameTheArgument) {
   const int ids[2] = {0, 40};
   try {
     rewrite::compute_first_layer_rows<float>(test::cast<float>(l.embedding),
-                                             cast_block<float>(l.block), cfg, ids, 2, out);
+                                             test::cast<float>(l.block), cfg, ids, 2, out);
     ADD_FAILURE() << "expected ShapeError";
   } catch (const ShapeError& e) {
     EXPECT_NE(std::string(e.what()).find("out expected 2x256, got 2x10"), std::string::npos)
@@ -389,7 +380,7 @@ TEST(FirstLayerTable, BadShapesNameTheArgument) {
   RowMatrix<float> ok(2, 256);
   try {
     rewrite::compute_first_layer_rows<float>(test::cast<float>(l.embedding),
-                                             cast_block<float>(l.block), cfg, ids, 2, ok);
+                                             test::cast<float>(l.block), cfg, ids, 2, ok);
     ADD_FAILURE() << "expected ShapeError";
   } catch (const ShapeError& e) {
     EXPECT_NE(std::string(e.what()).find("ids[1] expected in [0, 40), got 40"), std::string::npos)

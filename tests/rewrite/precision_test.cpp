@@ -533,8 +533,9 @@ TEST(PrecisionCertificate, FlashNormFoldWithinTheVanillaRule) {
       {"activations.cols() (= w.rows())", "expected 64", "got 10"}));
 }
 
-TEST(PrecisionCertificate, SkiplessIdentityErrorsRecomputed) {
-  test::Rng rng(51);
+namespace {
+/// A small skipless serial model: d = 32, 4 heads, 2 layers, vocab 40, SwiGLU, no final norm.
+ModelConfig skipless_config() {
   ModelConfig cfg;
   cfg.vocab = 40;
   cfg.layers = 2;
@@ -542,6 +543,13 @@ TEST(PrecisionCertificate, SkiplessIdentityErrorsRecomputed) {
   cfg.block.attn = AttentionConfig{AttentionShape{32, 4, 4, 8}, 0.0, RopeSpec::none()};
   cfg.block.ffn = FfnSpec::swiglu();
   cfg.final_norm = false;
+  return cfg;
+}
+}  // namespace
+
+TEST(PrecisionCertificate, SkiplessIdentityErrorsRecomputed) {
+  test::Rng rng(51);
+  const ModelConfig cfg = skipless_config();
   const auto w = test::random_model<double>(cfg, 64, rng);
   const auto r = rewrite::skipless<double>(cfg, w);
   double prev = 0;
@@ -550,8 +558,8 @@ TEST(PrecisionCertificate, SkiplessIdentityErrorsRecomputed) {
     o.storage = t;
     const auto c = rewrite::certify_skipless(cfg, w, {}, o);
     SCOPED_TRACE(c.to_string());
-    ASSERT_EQ(c.entries.size(), 1u + 2u);
-    EXPECT_FALSE(c.not_measured.empty());
+    ASSERT_EQ(c.entries.size(), 1u + 2u + 2u);  // embedding, 2 blocks, merged and original e2e
+    EXPECT_TRUE(c.not_measured.empty());
     double worst = 0;
     for (Index l = 0; l < 2; ++l) {
       const auto& e = c.entries[1 + l];
@@ -573,6 +581,51 @@ TEST(PrecisionCertificate, SkiplessIdentityErrorsRecomputed) {
     EXPECT_GT(worst, prev);  // bf16 storage costs more than f32
     prev = worst;
   }
+}
+
+TEST(PrecisionCertificate, SkiplessEndToEndErrorRecomputed) {
+  test::Rng rng(52);
+  const ModelConfig cfg = skipless_config();
+  const auto w = test::random_model<double>(cfg, 64, rng);
+  const auto r = rewrite::skipless<double>(cfg, w);
+  const std::vector<int> tokens = {3, 17, 0, 39, 8, 8, 21, 5};
+  // The oracle: the original model in double through reference::DecoderModel.
+  reference::DecoderModel<double> oracle(cfg, w);
+  const RowMatrix<double> ref = oracle.forward(tokens);
+  for (StorageType t : {StorageType::f32, StorageType::bf16}) {
+    rewrite::CertifyOptions o;
+    o.storage = t;
+    o.tokens = tokens;
+    const auto c = rewrite::certify_skipless(cfg, w, {}, o);
+    SCOPED_TRACE(c.to_string());
+    ASSERT_EQ(c.entries.size(), 5u);
+    const auto& merged = c.entries[3];
+    const auto& original = c.entries[4];
+    // Recompute both figures with the runtime driven here, the reference as the double oracle.
+    auto run = [&](const ModelConfig& mc, const ModelWeights<double>& mw) {
+      return t == StorageType::f32
+                 ? RowMatrix<float>(
+                       kernel::SkiplessModel<float>(mc, test::cast<float>(mw), 8).forward(tokens))
+                 : RowMatrix<float>(
+                       kernel::SkiplessModel<bf16>(mc, test::cast<bf16>(mw), 8).forward(tokens));
+    };
+    const double em = test::relative_error(run(r.config, r.weights), ref).rel;
+    const double eo = test::relative_error(run(cfg, w), ref).rel;
+    EXPECT_NEAR(merged.measured_rel_error, em, 1e-9 * em + 1e-15);
+    EXPECT_NEAR(original.measured_rel_error, eo, 1e-9 * eo + 1e-15);
+    // The merge is exact: at float it costs no more than a few roundings of the logits; at bf16
+    // it stays within the SPEC §5 rule of the original model's own error (factor 2 plus eps).
+    EXPECT_LT(merged.measured_rel_error, 2 * eo + 64 * rewrite::storage_roundoff(t));
+    EXPECT_GT(merged.measured_rel_error, 0.0);
+  }
+  // Synthetic ids when none are given; a bad id is the runtime's ShapeError.
+  const auto syn = rewrite::certify_skipless(cfg, w);
+  EXPECT_NE(syn.entries.back().note.find("24 synthetic tokens"), std::string::npos)
+      << syn.to_string();
+  rewrite::CertifyOptions bad;
+  bad.tokens = {1, 40};
+  EXPECT_TRUE(test::throws<ShapeError>([&] { rewrite::certify_skipless(cfg, w, {}, bad); },
+                                       {"token expected in [0, 40)", "got 40"}));
 }
 
 TEST(PrecisionCertificate, FirstLayerTableRoundingAndOverflow) {

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "support/random.hpp"
+#include "support/throws.hpp"
 #include "support/tolerance.hpp"
 
 using namespace ttx;
@@ -89,15 +90,7 @@ void check_identity(const reference::AttentionWeights<double>& w, const Attentio
   EXPECT_TRUE(test::bitwise_equal(slim.wo, w.wo));
 }
 
-template <class F>
-std::string error_text(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_text;
 
 }  // namespace
 

@@ -121,39 +121,11 @@ reference::ModelWeights<T> random_model(const reference::ModelConfig& cfg, Index
   return w;
 }
 
-/// Converts weights between scalar types (e.g. build in double, run the oracle in float).
-template <class To, class From>
-RowMatrix<To> cast(const RowMatrix<From>& m) {
-  return m.template cast<To>();
-}
-template <class To, class From>
-RowVector<To> cast(const RowVector<From>& v) {
-  return v.template cast<To>();
-}
-template <class To, class From>
-reference::AttentionWeights<To> cast(const reference::AttentionWeights<From>& w) {
-  return {cast<To>(w.wq), cast<To>(w.wk), cast<To>(w.wv), cast<To>(w.wo),
-          cast<To>(w.bq), cast<To>(w.bk), cast<To>(w.bv), cast<To>(w.bo)};
-}
-template <class To, class From>
-reference::NormWeights<To> cast(const reference::NormWeights<From>& w) {
-  return {cast<To>(w.gain), cast<To>(w.beta)};
-}
-template <class To, class From>
-reference::FfnWeights<To> cast(const reference::FfnWeights<From>& w) {
-  return {cast<To>(w.w_in), cast<To>(w.w_up), cast<To>(w.w_out),
-          cast<To>(w.b_in), cast<To>(w.b_up), cast<To>(w.b_out)};
-}
-template <class To, class From>
-reference::ModelWeights<To> cast(const reference::ModelWeights<From>& w) {
-  reference::ModelWeights<To> o;
-  o.embedding = cast<To>(w.embedding);
-  o.positions = cast<To>(w.positions);
-  for (const auto& b : w.blocks)
-    o.blocks.push_back({cast<To>(b.norm1), cast<To>(b.norm2), cast<To>(b.attn), cast<To>(b.ffn)});
-  o.final_norm = cast<To>(w.final_norm);
-  o.lm_head = cast<To>(w.lm_head);
-  return o;
+/// Converts weights between scalar types (e.g. build in double, run the oracle in float): the
+/// library's ttx::cast_weights, for every weight struct and plain matrix/vector.
+template <class To, class W>
+auto cast(const W& w) {
+  return cast_weights<To>(w);
 }
 
 }  // namespace ttx::test

@@ -10,6 +10,8 @@
 #include <string>
 #include <typeinfo>
 
+#include "ttx/core/error.hpp"
+
 namespace ttx::test {
 
 template <class E, class F>
@@ -27,6 +29,18 @@ template <class E, class F>
            << "threw another type (" << typeid(e).name() << "): " << e.what();
   }
   return ::testing::AssertionFailure() << "did not throw " << typeid(E).name();
+}
+
+/// The message of the ttx::Error that `call` throws, or "<no error>" (for checks that look at
+/// the text only).
+template <class F>
+std::string error_text(F&& call) {
+  try {
+    call();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
 }
 
 }  // namespace ttx::test

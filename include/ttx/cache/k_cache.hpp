@@ -9,19 +9,10 @@
 
 #include "ttx/cache/row_cache.hpp"
 #include "ttx/core/error.hpp"
+#include "ttx/core/key_storage.hpp"
 #include "ttx/core/shapes.hpp"
 
 namespace ttx {
-
-/// How a KCache holds keys when the model uses RoPE (without RoPE both mean "as projected").
-enum class KeyStorage {
-  raw,     ///< K = X W_K + b_K as projected; the scores rotate each key at its position on read
-  rotated  ///< first e columns rotated at their position; the value path un-rotates them on read
-};
-
-inline const char* name(KeyStorage s) {
-  return s == KeyStorage::raw ? "KeyStorage::raw" : "KeyStorage::rotated";
-}
 
 template <class T>
 class KCache {

@@ -37,6 +37,15 @@ struct EncDecDecoderWeights {
   RowMatrix<T> relative_bias;  ///< relative_buckets x heads (T5 only)
 };
 
+/// The whole decoder stack at another scalar type (see cast_weights in core/weights.hpp).
+template <class To, class From>
+EncDecDecoderWeights<To> cast_weights(const EncDecDecoderWeights<From>& w) {
+  EncDecDecoderWeights<To> o;
+  detail::cast_stack<To>(o, w);
+  o.relative_bias = cast_weights<To>(w.relative_bias);
+  return o;
+}
+
 /// T5's causal (decoder, unidirectional) relative position bucket of key position k seen from
 /// query position q (HuggingFace `_relative_position_bucket(k - q, bidirectional=False)`).
 inline Index t5_relative_bucket(Index query_pos, Index key_pos, Index buckets, Index max_distance) {

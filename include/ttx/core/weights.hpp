@@ -92,4 +92,64 @@ struct WhisperBlockWeights {
   FfnWeights<T> ffn;
 };
 
+// Conversion between scalar types (e.g. build in double, run in float; the oracle in double on a
+// model's float weights). Every member is converted with Eigen's cast (round to nearest; no
+// overflow check: use ttx::convert_checked for that); empty members stay empty.
+
+template <class To, class From>
+RowMatrix<To> cast_weights(const RowMatrix<From>& m) {
+  return m.template cast<To>();
+}
+template <class To, class From>
+RowVector<To> cast_weights(const RowVector<From>& v) {
+  return v.template cast<To>();
+}
+template <class To, class From>
+NormWeights<To> cast_weights(const NormWeights<From>& w) {
+  return {cast_weights<To>(w.gain), cast_weights<To>(w.beta)};
+}
+template <class To, class From>
+AttentionWeights<To> cast_weights(const AttentionWeights<From>& w) {
+  return {cast_weights<To>(w.wq), cast_weights<To>(w.wk), cast_weights<To>(w.wv),
+          cast_weights<To>(w.wo), cast_weights<To>(w.bq), cast_weights<To>(w.bk),
+          cast_weights<To>(w.bv), cast_weights<To>(w.bo)};
+}
+template <class To, class From>
+FfnWeights<To> cast_weights(const FfnWeights<From>& w) {
+  return {cast_weights<To>(w.w_in), cast_weights<To>(w.w_up), cast_weights<To>(w.w_out),
+          cast_weights<To>(w.b_in), cast_weights<To>(w.b_up), cast_weights<To>(w.b_out)};
+}
+template <class To, class From>
+BlockWeights<To> cast_weights(const BlockWeights<From>& b) {
+  return {cast_weights<To>(b.norm1), cast_weights<To>(b.norm2), cast_weights<To>(b.attn),
+          cast_weights<To>(b.ffn)};
+}
+template <class To, class From>
+WhisperBlockWeights<To> cast_weights(const WhisperBlockWeights<From>& b) {
+  return {cast_weights<To>(b.norm_self),  cast_weights<To>(b.norm_cross),
+          cast_weights<To>(b.norm_ffn),   cast_weights<To>(b.self_attn),
+          cast_weights<To>(b.cross_attn), cast_weights<To>(b.ffn)};
+}
+namespace detail {
+/// The members every decoder stack's weights have: embedding, positions, blocks, final norm, head.
+template <class To, class Out, class In>
+void cast_stack(Out& o, const In& w) {
+  o.embedding = cast_weights<To>(w.embedding);
+  o.positions = cast_weights<To>(w.positions);
+  o.blocks.reserve(w.blocks.size());
+  for (const auto& b : w.blocks) o.blocks.push_back(cast_weights<To>(b));
+  o.final_norm = cast_weights<To>(w.final_norm);
+  o.lm_head = cast_weights<To>(w.lm_head);
+}
+}  // namespace detail
+
+/// The whole model: embedding, positions, every block, final norm, LM head.
+///   ttx::ModelWeights<double> wd = ttx::cast_weights<double>(model_f32);
+template <class To, class From>
+ModelWeights<To> cast_weights(const ModelWeights<From>& w) {
+  ModelWeights<To> o;
+  detail::cast_stack<To>(o, w);
+  return o;
+}
+
 }  // namespace ttx

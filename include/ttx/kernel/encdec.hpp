@@ -1,13 +1,15 @@
 // Runtime of an encoder–decoder decoder stack (Whisper, T5) on the weights planned by
 // rewrite/encdec.hpp: one generated token per call, for a batch of sequences (each with its own
-// caches), with the decoder self-attention on a vanilla KV cache or an X-cache, and the
-// cross-attention on
+// caches), with the decoder self-attention on a vanilla KV cache or an X-cache (the layer's normed
+// inputs; Whisper and T5 have no RoPE), and the cross-attention on
 //   * CrossForm::kv              a vanilla cross KV cache per layer (the baseline),
 //   * CrossForm::keys            a K-only cross cache per layer (V = K W_KV),
 //   * CrossForm::shared_encoder  one E-cache shared by every layer: no cross cache, no cross phase,
 //   * CrossForm::hybrid          layer 0's cross K-cache K1 as every layer's basis.
-// Caches are stored as T (float, double, bfloat16, half); arithmetic is in accum_t<T>.
-// Every attention is one pass over its cache: tiles of kTile rows, online softmax per head.
+// Every attention is one streaming pass over its cache by the kernels of kernel/decode.hpp
+// (decode_vanilla, decode_weighted_keys, decode_weighted_rows), so the vanilla and the slim forms
+// run the same tuned code. As in kernel/slim_attention.hpp, caches are stored as T (float, double,
+// bfloat16, half) and all arithmetic is float on float weights (EncDecDecoderPlan<float>).
 #pragma once
 
 #include <algorithm>
@@ -23,176 +25,110 @@
 #include "ttx/core/encdec_weights.hpp"
 #include "ttx/core/error.hpp"
 #include "ttx/core/norm.hpp"
+#include "ttx/kernel/decode.hpp"
 #include "ttx/rewrite/encdec.hpp"
 
 namespace ttx::kernel {
 
 namespace detail {
 
-constexpr Index kTile = 128;  // keys per tile: a 128 x 512 float tile is 256 KB (stays in L2)
+/// Scratch of one attention call (kept by the caller across sequences and layers).
+struct EncDecScratch {
+  RowMatrix<float> qt, u;
+  std::vector<float> bias;
+};
 
-/// Rows [first, first + count) of a cache as A values: the cache itself when T == A, else
-/// converted into `buf`.
-template <class A, class T>
-Eigen::Map<const RowMatrix<A>> tile_as(const RowCache<T>& c, Index first, Index count,
-                                       RowMatrix<A>& buf) {
-  if constexpr (std::is_same_v<T, A>) {
-    return {c.row_ptr(first), count, c.width()};
-  } else {
-    buf.resize(count, c.width());
-    buf = Eigen::Map<const RowMatrix<T>>(c.row_ptr(first), count, c.width()).template cast<A>();
-    return {buf.data(), count, c.width()};
-  }
+inline DecodeOptions encdec_options(double scale, const float* bias, int threads) {
+  DecodeOptions o;
+  o.scale = scale;
+  o.threads = threads;
+  o.score_bias = bias;
+  return o;
 }
 
-/// One pass over n keys in tiles: score(j0, t, S) writes the h x t raw scores of keys
-/// [j0, j0 + t); bias (h x n, row stride bias_stride) is added; an online softmax per head
-/// rescales `acc` (h x ...) and accumulate(j0, t, P) adds the tile's weights P (h x t) times its
-/// values. On return acc holds softmax-weighted sums.
-template <class A, class ScoreFn, class AccFn>
-void online_pass(Index n, Index heads, const A* bias, Index bias_stride, ScoreFn&& score,
-                 AccFn&& accumulate, RowMatrix<A>& acc) {
-  const A ninf = -std::numeric_limits<A>::infinity();
-  std::vector<A> m(static_cast<size_t>(heads), ninf), l(static_cast<size_t>(heads), A(0));
-  acc.setZero();
-  RowMatrix<A> S(heads, kTile);
-  for (Index j0 = 0; j0 < n; j0 += kTile) {
-    const Index t = std::min(kTile, n - j0);
-    auto Sc = S.leftCols(t);
-    score(j0, t, Sc);
-    if (bias)
-      Sc += Eigen::Map<const RowMatrix<A>, 0, Eigen::OuterStride<>>(
-          bias + j0, heads, t, Eigen::OuterStride<>(bias_stride));
-    for (Index i = 0; i < heads; ++i) {
-      const size_t si = static_cast<size_t>(i);
-      const A mn = std::max(m[si], Sc.row(i).maxCoeff());
-      if (mn == ninf) {  // every score so far masked
-        Sc.row(i).setZero();
-        continue;
-      }
-      const A f = m[si] == ninf ? A(0) : std::exp(m[si] - mn);
-      Sc.row(i) = (Sc.row(i).array() - mn).exp().matrix();
-      l[si] = l[si] * f + Sc.row(i).sum();
-      if (f != A(1)) acc.row(i) *= f;
-      m[si] = mn;
-    }
-    accumulate(j0, t, Sc);
-  }
-  for (Index i = 0; i < heads; ++i)
-    if (l[static_cast<size_t>(i)] > A(0)) acc.row(i) /= l[static_cast<size_t>(i)];
+template <class T>
+void inputs_heads(const Eigen::Ref<const RowVector<float>>& q,
+                  const rewrite::InputsAttention<float>& w, const RowCache<T>& rows,
+                  const float* bias, Eigen::Ref<RowVector<float>> heads, int threads,
+                  EncDecScratch& sc) {
+  const AttentionShape& s = w.shape;
+  const Index dk = s.head_dim;
+  sc.qt.resize(s.heads, w.row_width);
+  sc.u.resize(s.heads, w.row_width);
+  for (Index i = 0; i < s.heads; ++i)
+    sc.qt.row(i).noalias() =
+        q.segment(i * dk, dk) * w.wk.middleCols(s.kv_head_of(i) * dk, dk).transpose();
+  // The score scale is folded into W_Q and b_Q.
+  decode_weighted_rows(sc.qt, rows, encdec_options(1.0, bias, threads), sc.u);
+  for (Index i = 0; i < s.heads; ++i)
+    heads.segment(i * dk, dk).noalias() = sc.u.row(i) * w.wv.middleCols(s.kv_head_of(i) * dk, dk);
 }
 
-template <class A>
-void check_bias(const char* fn, const A* bias, Index stride, Index n) {
-  if (bias)
-    ttx::detail::require(
-        stride >= n, ErrorKind::shape, fn,
-        ttx::detail::concat("bias_stride expected >= cached rows ", n, ", got ", stride));
+template <class T>
+void keys_heads(const Eigen::Ref<const RowVector<float>>& q, const rewrite::KeysAttention<float>& w,
+                const RowCache<T>& keys, const float* bias, Eigen::Ref<RowVector<float>> heads,
+                int threads, EncDecScratch& sc) {
+  const AttentionShape& s = w.shape;
+  const Index dk = s.head_dim;
+  sc.u.resize(s.heads, s.kv_width());
+  decode_weighted_keys(q, keys, s, encdec_options(1.0, bias, threads), sc.u);
+  for (Index i = 0; i < s.heads; ++i)
+    heads.segment(i * dk, dk).noalias() = sc.u.row(i) * w.wkv.middleCols(s.kv_head_of(i) * dk, dk);
+}
+
+inline void check_heads_args(const char* fn, const AttentionShape& s, Index q_size,
+                             Index heads_size, Index rows) {
+  ttx::detail::check_dim(fn, "q.size()", s.q_width(), q_size);
+  ttx::detail::check_dim(fn, "heads.size()", s.q_width(), heads_size);
+  ttx::detail::require(rows > 0, ErrorKind::shape, fn,
+                       ttx::detail::concat("cached rows expected >= 1, got ", rows));
 }
 
 }  // namespace detail
 
 /// Inputs form (X-cache / shared encoder cache), all heads of one query:
-///   Qt_i = q_i W_K,g(i)^T, s_i = softmax(Qt_i R^T + bias_i), heads_i = (s_i R) W_V,g(i).
-/// q (1 x e_q) = x W_Q + b_Q with the score scale folded (InputsAttention::wq, bq); rows R
-/// (n x w, w = w.row_width); bias: nullptr or h x n additive scores, row stride bias_stride;
-/// heads (1 x e_q) before W_O.
-template <class T, class A>
-void inputs_heads(const Eigen::Ref<const RowVector<A>>& q, const rewrite::InputsAttention<A>& w,
-                  const RowCache<T>& rows, const A* bias, Index bias_stride,
-                  Eigen::Ref<RowVector<A>> heads) {
+///   Qt_i = q_i W_K,g(i)^T, s_i = softmax(Qt_i R^T + bias_i), heads_i = (s_i R) W_V,g(i),
+/// with S R streamed by kernel::decode_weighted_rows. q (1 x e_q) = x W_Q + b_Q with the score
+/// scale folded (InputsAttention::wq, bq); rows R (n x w, w = w.row_width); bias: nullptr or
+/// h x n additive scores, row-major, n = rows.size(); heads (1 x e_q) before W_O. threads as
+/// DecodeOptions::threads (0 = all).
+///   kernel::inputs_heads(x * cross.wq + cross.bq, cross, ecache.rows(), nullptr, heads);
+template <class T>
+void inputs_heads(const Eigen::Ref<const RowVector<float>>& q,
+                  const rewrite::InputsAttention<float>& w, const RowCache<T>& rows,
+                  const float* bias, Eigen::Ref<RowVector<float>> heads, int threads = 0) {
   const char* fn = "kernel::inputs_heads";
-  const AttentionShape& s = w.shape;
-  ttx::detail::check_dim(fn, "q.size()", s.q_width(), q.size());
+  w.shape.validate(fn);
+  detail::check_heads_args(fn, w.shape, q.size(), heads.size(), rows.size());
   ttx::detail::check_dim(fn, "rows.width() (= row_width)", w.row_width, rows.width());
-  ttx::detail::check_dim(fn, "heads.size()", s.q_width(), heads.size());
-  ttx::detail::require(rows.size() > 0, ErrorKind::shape, fn, "rows expected >= 1, got 0");
-  detail::check_bias(fn, bias, bias_stride, rows.size());
-  const Index dk = s.head_dim;
-  RowMatrix<A> Qt(s.heads, w.row_width);
-  for (Index i = 0; i < s.heads; ++i)
-    Qt.row(i).noalias() =
-        q.segment(i * dk, dk) * w.wk.middleCols(s.kv_head_of(i) * dk, dk).transpose();
-  RowMatrix<A> buf, U(s.heads, w.row_width);
-  const A* tile = nullptr;
-  detail::online_pass<A>(
-      rows.size(), s.heads, bias, bias_stride,
-      [&](Index j0, Index t, auto& S) {
-        const auto R = detail::tile_as<A>(rows, j0, t, buf);
-        tile = R.data();
-        S.noalias() = Qt * R.transpose();
-      },
-      [&](Index, Index t, const auto& P) {
-        U.noalias() += P * Eigen::Map<const RowMatrix<A>>(tile, t, w.row_width);
-      },
-      U);
-  for (Index i = 0; i < s.heads; ++i)
-    heads.segment(i * dk, dk).noalias() = U.row(i) * w.wv.middleCols(s.kv_head_of(i) * dk, dk);
+  detail::EncDecScratch sc;
+  detail::inputs_heads(q, w, rows, bias, heads, threads, sc);
 }
 
 /// Keys form (cross K-only cache), all heads of one query:
-///   s_i = softmax(q_i K_g(i)^T + bias_i), heads_i = (s_i K) W_KV,g(i).
-/// q (1 x e_q) with the score scale folded (KeysAttention::wq, bq); keys K (n x e); bias as
-/// inputs_heads.
-template <class T, class A>
-void keys_heads(const Eigen::Ref<const RowVector<A>>& q, const rewrite::KeysAttention<A>& w,
-                const RowCache<T>& keys, const A* bias, Index bias_stride,
-                Eigen::Ref<RowVector<A>> heads) {
+///   s_i = softmax(q_i K_g(i)^T + bias_i), heads_i = (s_i K) W_KV,g(i),
+/// with S K streamed by kernel::decode_weighted_keys. q (1 x e_q) with the score scale folded
+/// (KeysAttention::wq, bq); keys K (n x e); bias h x n as inputs_heads.
+template <class T>
+void keys_heads(const Eigen::Ref<const RowVector<float>>& q, const rewrite::KeysAttention<float>& w,
+                const RowCache<T>& keys, const float* bias, Eigen::Ref<RowVector<float>> heads,
+                int threads = 0) {
   const char* fn = "kernel::keys_heads";
-  const AttentionShape& s = w.shape;
-  const Index dk = s.head_dim, e = s.kv_width();
-  ttx::detail::check_dim(fn, "q.size()", s.q_width(), q.size());
-  ttx::detail::check_dim(fn, "keys.width() (= kv_width)", e, keys.width());
-  ttx::detail::check_dim(fn, "heads.size()", s.q_width(), heads.size());
-  ttx::detail::require(keys.size() > 0, ErrorKind::shape, fn, "keys expected >= 1, got 0");
-  detail::check_bias(fn, bias, bias_stride, keys.size());
-  RowMatrix<A> buf, U(s.heads, e);
-  const A* tile = nullptr;
-  detail::online_pass<A>(
-      keys.size(), s.heads, bias, bias_stride,
-      [&](Index j0, Index t, auto& S) {
-        const auto K = detail::tile_as<A>(keys, j0, t, buf);
-        tile = K.data();
-        for (Index i = 0; i < s.heads; ++i)
-          S.row(i).noalias() =
-              q.segment(i * dk, dk) * K.middleCols(s.kv_head_of(i) * dk, dk).transpose();
-      },
-      [&](Index, Index t, const auto& P) {
-        U.noalias() += P * Eigen::Map<const RowMatrix<A>>(tile, t, e);
-      },
-      U);
-  for (Index i = 0; i < s.heads; ++i)
-    heads.segment(i * dk, dk).noalias() = U.row(i) * w.wkv.middleCols(s.kv_head_of(i) * dk, dk);
+  w.shape.validate(fn);
+  detail::check_heads_args(fn, w.shape, q.size(), heads.size(), keys.size());
+  ttx::detail::check_dim(fn, "keys.width() (= kv_width)", w.shape.kv_width(), keys.width());
+  detail::EncDecScratch sc;
+  detail::keys_heads(q, w, keys, bias, heads, threads, sc);
 }
 
-/// Vanilla attention over a KV cache: heads_i = softmax(q_i K_g(i)^T + bias_i) V_g(i).
-/// q (1 x e_q) already multiplied by the score scale.
-template <class T, class A>
-void kv_heads(const Eigen::Ref<const RowVector<A>>& q, const KVCache<T>& cache, const A* bias,
-              Index bias_stride, Eigen::Ref<RowVector<A>> heads) {
+/// Vanilla attention over a KV cache: heads_i = softmax(scale q_i K_g(i)^T + bias_i) V_g(i)
+/// (kernel::decode_vanilla). q (1 x e_q) projected, not scaled; scale 0 = 1/sqrt(d_k); bias h x n.
+template <class T>
+void kv_heads(const Eigen::Ref<const RowVector<float>>& q, const KVCache<T>& cache, double scale,
+              const float* bias, Eigen::Ref<RowVector<float>> heads, int threads = 0) {
   const char* fn = "kernel::kv_heads";
-  const AttentionShape& s = cache.shape();
-  const Index dk = s.head_dim;
-  ttx::detail::check_dim(fn, "q.size()", s.q_width(), q.size());
-  ttx::detail::check_dim(fn, "heads.size()", s.q_width(), heads.size());
-  ttx::detail::require(cache.size() > 0, ErrorKind::shape, fn, "cache rows expected >= 1, got 0");
-  detail::check_bias(fn, bias, bias_stride, cache.size());
-  RowMatrix<A> kbuf, vbuf, O(s.heads, dk);
-  detail::online_pass<A>(
-      cache.size(), s.heads, bias, bias_stride,
-      [&](Index j0, Index t, auto& S) {
-        const auto K = detail::tile_as<A>(cache.keys(), j0, t, kbuf);
-        for (Index i = 0; i < s.heads; ++i)
-          S.row(i).noalias() =
-              q.segment(i * dk, dk) * K.middleCols(s.kv_head_of(i) * dk, dk).transpose();
-      },
-      [&](Index j0, Index t, const auto& P) {
-        const auto V = detail::tile_as<A>(cache.values(), j0, t, vbuf);
-        for (Index i = 0; i < s.heads; ++i)
-          O.row(i).noalias() += P.row(i) * V.middleCols(s.kv_head_of(i) * dk, dk);
-      },
-      O);
-  for (Index i = 0; i < s.heads; ++i) heads.segment(i * dk, dk) = O.row(i);
+  detail::check_heads_args(fn, cache.shape(), q.size(), heads.size(), cache.size());
+  decode_vanilla(q, cache, cache.shape(), detail::encdec_options(scale, bias, threads), heads);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -264,15 +200,24 @@ void linear_rows(const RowMatrix<A>& X, const RowMatrix<A>& W, const RowVector<A
 
 }  // namespace detail
 
+/// The decoder stack at run time: T is the cache storage type, weights and arithmetic are float.
+///   auto plan = ttx::rewrite::plan_encdec_decoder<float>(cfg, w, {});
+///   ttx::kernel::EncDecDecoder<ttx::bf16> dec(plan);
+///   auto st = dec.make_state(1500, 448);
+///   dec.encode(st, E);
+///   auto tokens = dec.generate(st, prompt, 32);
 template <class T>
 class EncDecDecoder {
  public:
-  using A = accum_t<T>;
-  using Plan = rewrite::EncDecDecoderPlan<A>;
+  using A = float;
+  using Plan = rewrite::EncDecDecoderPlan<float>;
 
-  explicit EncDecDecoder(Plan plan) : p_(std::move(plan)) {
+  /// `threads`: threads of each attention's streaming pass (DecodeOptions::threads; 0 = all).
+  explicit EncDecDecoder(Plan plan, int threads = 0) : p_(std::move(plan)), threads_(threads) {
     ttx::detail::check_dim("kernel::EncDecDecoder", "plan.layers.size() (= config.layers)",
                            p_.config.layers, p_.layers.size());
+    ttx::detail::require(threads >= 0, ErrorKind::shape, "kernel::EncDecDecoder",
+                         ttx::detail::concat("threads expected >= 0, got ", threads));
   }
   const Plan& plan() const { return p_; }
   rewrite::EncDecForms forms() const { return p_.forms; }
@@ -346,7 +291,7 @@ class EncDecDecoder {
         }
         break;
       case rewrite::CrossForm::shared_encoder:
-        st.encoder[0].assign(Ea);
+        st.encoder[0].assign(E);  // straight to T: E is the cache, no float detour
         break;
       case rewrite::CrossForm::hybrid:
         K.noalias() = Ea * layer(0).cross_keys.wk;
@@ -368,6 +313,15 @@ class EncDecDecoder {
     const auto& cfg = p_.config;
     ttx::detail::check_dim(fn, "tokens.size() (= states.size())", states.size(), tokens.size());
     const Index B = static_cast<Index>(states.size());
+    {  // each sequence appends to its own caches (and the batch runs them in parallel)
+      std::vector<const EncDecState<T>*> sorted(states.begin(), states.end());
+      std::sort(sorted.begin(), sorted.end());
+      ttx::detail::require(
+          B == 0 || (sorted.front() != nullptr &&
+                     std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end()),
+          ErrorKind::shape, fn,
+          "states expected distinct, non-null sequences, got a null or repeated state");
+    }
     const Index d = cfg.block.self_attn.shape.d;
     RowMatrix<A> X(B, d);
     for (Index b = 0; b < B; ++b) {
@@ -396,36 +350,37 @@ class EncDecDecoder {
       }
     }
     RowMatrix<A> N, Q, H, Y, K, V;
-    std::vector<A> bias;
     const AttentionShape &ss = cfg.block.self_attn.shape, &cs = cfg.block.cross_attn.shape;
     for (Index l = 0; l < cfg.layers; ++l) {
       const auto& Lp = layer(l);
       const size_t ls = static_cast<size_t>(l);
-      // Self-attention.
+      // Self-attention. The new rows go into each cache first (serially: appending can throw),
+      // then every sequence attends over its own cache.
       detail::norm_rows(X, Lp.norm_self, cfg.block.norm, N);
       H.resize(B, ss.q_width());
       if (p_.forms.self == rewrite::SelfForm::kv) {
         const auto& w = Lp.self_kv;
         detail::linear_rows(N, w.wq, w.bq, Q);
-        Q *= A(cfg.block.self_attn.effective_scale());
         detail::linear_rows(N, w.wk, w.bk, K);
         detail::linear_rows(N, w.wv, w.bv, V);
-        for (Index b = 0; b < B; ++b) {
-          EncDecState<T>& st = *states[static_cast<size_t>(b)];
-          st.self_kv[ls].append(K.row(b), V.row(b));
-          const A* bp = self_bias(st.position, bias);
-          kv_heads<T, A>(Q.row(b), st.self_kv[ls], bp, st.position + 1, H.row(b));
-        }
+        for (Index b = 0; b < B; ++b) seq(states, b).self_kv[ls].append(K.row(b), V.row(b));
+        const double scale = cfg.block.self_attn.effective_scale();
+        for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch& sc) {
+          const EncDecState<T>& st = seq(states, b);
+          decode_vanilla(Q.row(b), st.self_kv[ls], ss,
+                         detail::encdec_options(scale, self_bias(st.position, sc.bias), threads),
+                         H.row(b));
+        });
         detail::linear_rows(H, w.wo, w.bo, Y);
       } else {
         const auto& w = Lp.self_inputs;
         detail::linear_rows(N, w.wq, w.bq, Q);
-        for (Index b = 0; b < B; ++b) {
-          EncDecState<T>& st = *states[static_cast<size_t>(b)];
-          st.self_rows[ls].append(N.row(b));
-          const A* bp = self_bias(st.position, bias);
-          inputs_heads<T, A>(Q.row(b), w, st.self_rows[ls], bp, st.position + 1, H.row(b));
-        }
+        for (Index b = 0; b < B; ++b) seq(states, b).self_rows[ls].append(N.row(b));
+        for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch& sc) {
+          const EncDecState<T>& st = seq(states, b);
+          detail::inputs_heads(Q.row(b), w, st.self_rows[ls], self_bias(st.position, sc.bias),
+                               H.row(b), threads, sc);
+        });
         detail::linear_rows(H, w.wo, w.bo, Y);
       }
       X += Y;
@@ -437,32 +392,31 @@ class EncDecDecoder {
       if (p_.forms.cross == rewrite::CrossForm::kv) {
         const auto& w = Lp.cross_kv;
         detail::linear_rows(N, w.wq, w.bq, Q);
-        Q *= A(cfg.block.cross_attn.effective_scale());
-        for (Index b = 0; b < B; ++b)
-          kv_heads<T, A>(Q.row(b), states[static_cast<size_t>(b)]->cross_kv[ls], nullptr, 0,
-                         H.row(b));
+        const double scale = cfg.block.cross_attn.effective_scale();
+        for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch&) {
+          decode_vanilla(Q.row(b), seq(states, b).cross_kv[ls], cs,
+                         detail::encdec_options(scale, nullptr, threads), H.row(b));
+        });
         detail::linear_rows(H, w.wo, w.bo, Y);
       } else if (keys_layer) {
         const auto& w = Lp.cross_keys;
         detail::linear_rows(N, w.wq, w.bq, Q);
-        for (Index b = 0; b < B; ++b) {
-          const EncDecState<T>& st = *states[static_cast<size_t>(b)];
-          const RowCache<T>& keys = p_.forms.cross == rewrite::CrossForm::keys
-                                        ? st.cross_keys[ls].keys()
-                                        : st.basis[0].keys();
-          keys_heads<T, A>(Q.row(b), w, keys, nullptr, 0, H.row(b));
-        }
+        const bool own = p_.forms.cross == rewrite::CrossForm::keys;
+        for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch& sc) {
+          const EncDecState<T>& st = seq(states, b);
+          detail::keys_heads(Q.row(b), w, own ? st.cross_keys[ls].keys() : st.basis[0].keys(),
+                             nullptr, H.row(b), threads, sc);
+        });
         detail::linear_rows(H, w.wo, w.bo, Y);
       } else {
         const auto& w = Lp.cross_inputs;
         detail::linear_rows(N, w.wq, w.bq, Q);
-        for (Index b = 0; b < B; ++b) {
-          const EncDecState<T>& st = *states[static_cast<size_t>(b)];
-          const RowCache<T>& rows = p_.forms.cross == rewrite::CrossForm::shared_encoder
-                                        ? st.encoder[0].rows()
-                                        : st.basis[0].keys();
-          inputs_heads<T, A>(Q.row(b), w, rows, nullptr, 0, H.row(b));
-        }
+        const bool shared = p_.forms.cross == rewrite::CrossForm::shared_encoder;
+        for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch& sc) {
+          const EncDecState<T>& st = seq(states, b);
+          detail::inputs_heads(Q.row(b), w, shared ? st.encoder[0].rows() : st.basis[0].keys(),
+                               nullptr, H.row(b), threads, sc);
+        });
         detail::linear_rows(H, w.wo, w.bo, Y);
       }
       X += Y;
@@ -545,8 +499,33 @@ class EncDecDecoder {
                             " cross=", rewrite::form_name(p_.forms.cross), ", got ", st.layers(),
                             " self layers (make states with this decoder's make_state)"));
   }
+  static EncDecState<T>& seq(const std::vector<EncDecState<T>*>& states, Index b) {
+    return *states[static_cast<size_t>(b)];
+  }
+  /// Runs f(b, threads, scratch) for every sequence b of the batch. One sequence: its attention
+  /// gets all `threads_`. Several: the sequences are split across the threads and each attention
+  /// runs single-threaded (no fork/join per attention call; each sequence reads its own caches).
+  /// f must not throw (its arguments are checked before).
+  template <class F>
+  void for_each_sequence(Index B, F&& f) const {
+    const int threads = detail::resolve_threads(threads_);
+#ifdef _OPENMP
+    if (B > 1 && threads > 1) {
+      const int team = static_cast<int>(std::min<Index>(threads, B));
+#pragma omp parallel num_threads(team)
+      {
+        detail::EncDecScratch sc;
+#pragma omp for schedule(static)
+        for (Index b = 0; b < B; ++b) f(b, 1, sc);
+      }
+      return;
+    }
+#endif
+    detail::EncDecScratch sc;
+    for (Index b = 0; b < B; ++b) f(b, B > 1 ? 1 : threads_, sc);
+  }
   /// T5's self-attention bias for a query at `pos` (h x (pos + 1)), or nullptr.
-  const A* self_bias(Index pos, std::vector<A>& buf) const {
+  const float* self_bias(Index pos, std::vector<float>& buf) const {
     const auto& cfg = p_.config;
     if (cfg.relative_buckets <= 0) return nullptr;
     const Index h = cfg.block.self_attn.shape.heads, n = pos + 1;
@@ -561,6 +540,7 @@ class EncDecDecoder {
   }
 
   Plan p_;
+  int threads_ = 0;
 };
 
 }  // namespace ttx::kernel

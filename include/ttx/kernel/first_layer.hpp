@@ -18,21 +18,12 @@
 #include "ttx/cache/kv_cache.hpp"
 #include "ttx/cache/row_cache.hpp"
 #include "ttx/core/error.hpp"
+#include "ttx/core/key_storage.hpp"
 #include "ttx/core/rope.hpp"
 #include "ttx/core/types.hpp"
 #include "ttx/rewrite/first_layer.hpp"
 
 namespace ttx {
-namespace kernel {
-
-/// What a keys-only cache holds.
-enum class KeyForm {
-  rotated,  ///< keys rotated at their positions (what vanilla attention reads)
-  raw,      ///< keys before RoPE (slim attention's rotate-on-read form: V = K W_KV needs raw K)
-};
-
-}  // namespace kernel
-
 namespace detail {
 
 /// Destinations of one batch: q and residual (float, caller's), k and v rows (cache storage).
@@ -138,17 +129,23 @@ void fl_finish(const char* fn, const std::vector<const S*>& rows,
   }
 }
 
+/// The cache must have the table's (or layer's) attention shape.
+inline void fl_check_cache_shape(const char* fn, const AttentionShape& shape,
+                                 const AttentionShape& got) {
+  if (got != shape)
+    raise(ErrorKind::shape,
+          concat("ttx::", fn, ": cache.shape() expected {d=", shape.d, ", heads=", shape.heads,
+                 ", kv_heads=", shape.kv_heads, ", head_dim=", shape.head_dim, "}, got {d=", got.d,
+                 ", heads=", got.heads, ", kv_heads=", got.kv_heads, ", head_dim=", got.head_dim,
+                 "}"));
+}
+
 /// Claims n rows of a KV cache, runs `finish` into them, rolls back on any error.
 template <class TC, class Finish>
 void fl_into_kv(const char* fn, const AttentionShape& shape, Index n, KVCache<TC>& cache,
                 Eigen::Ref<RowMatrix<float>>& q, Eigen::Ref<RowMatrix<float>>& residual,
                 Finish&& finish) {
-  if (cache.shape() != shape)
-    raise(ErrorKind::shape,
-          concat("ttx::", fn, ": cache.shape() expected {d=", shape.d, ", heads=", shape.heads,
-                 ", kv_heads=", shape.kv_heads, ", head_dim=", shape.head_dim,
-                 "}, got {d=", cache.shape().d, ", heads=", cache.shape().heads, ", kv_heads=",
-                 cache.shape().kv_heads, ", head_dim=", cache.shape().head_dim, "}"));
+  fl_check_cache_shape(fn, shape, cache.shape());
   if (cache.size() + n > cache.capacity())
     raise(ErrorKind::capacity,
           concat("ttx::", fn, ": cache capacity expected >= ", cache.size() + n, " rows (",
@@ -168,13 +165,13 @@ void fl_into_kv(const char* fn, const AttentionShape& shape, Index n, KVCache<TC
 
 template <class TC, class Finish>
 void fl_into_keys(const char* fn, const AttentionShape& shape, Index n, RowCache<TC>& keys,
-                  kernel::KeyForm form, Eigen::Ref<RowMatrix<float>>& q,
+                  KeyStorage form, Eigen::Ref<RowMatrix<float>>& q,
                   Eigen::Ref<RowMatrix<float>>& residual, Finish&& finish) {
   check_dim(fn, "keys.width() (= e = kv_heads * head_dim)", shape.kv_width(), keys.width());
   const Index start = keys.size();
   FlSink<TC> sink{q.data(), q.outerStride(), residual.data(), residual.outerStride()};
   sink.k = keys.extend(n).data();  // CapacityError before anything is written
-  sink.rotate_k = form == kernel::KeyForm::rotated;
+  sink.rotate_k = form == KeyStorage::rotated;
   try {
     finish(start, sink);
   } catch (...) {
@@ -186,19 +183,13 @@ void fl_into_keys(const char* fn, const AttentionShape& shape, Index n, RowCache
 /// A slim KCache as a keys-only destination: its shape must be the table's, its width e (a
 /// completed GQA basis of width d would need K* = X W_K* in the table instead of K).
 template <class TC>
-kernel::KeyForm fl_kcache_form(const char* fn, const AttentionShape& shape,
-                               const KCache<TC>& cache) {
-  if (cache.shape() != shape)
-    raise(ErrorKind::shape,
-          concat("ttx::", fn, ": cache.shape() expected {d=", shape.d, ", heads=", shape.heads,
-                 ", kv_heads=", shape.kv_heads, ", head_dim=", shape.head_dim,
-                 "}, got {d=", cache.shape().d, ", heads=", cache.shape().heads, ", kv_heads=",
-                 cache.shape().kv_heads, ", head_dim=", cache.shape().head_dim, "}"));
+KeyStorage fl_kcache_form(const char* fn, const AttentionShape& shape, const KCache<TC>& cache) {
+  fl_check_cache_shape(fn, shape, cache.shape());
   require(cache.width() == shape.kv_width(), ErrorKind::unsupported, fn,
           concat("cache.width() expected e = ", shape.kv_width(), ", got ", cache.width(),
                  ": a completed-basis KCache holds K* = X W_K*, which the first-layer table does "
                  "not store"));
-  return cache.storage() == KeyStorage::raw ? kernel::KeyForm::raw : kernel::KeyForm::rotated;
+  return cache.storage();
 }
 
 template <class TT>
@@ -218,6 +209,27 @@ void fl_check_table(const char* fn, const rewrite::FirstLayerTable<TT>& t,
             rewrite::FirstLayerLayout::of(t.attn.shape).width());
   fl_check_ids(fn, ids, t.vocab());
   fl_check_outputs(fn, t.layout, static_cast<Index>(ids.size()), q, residual);
+}
+
+/// The computed path's rows: checks the inputs, then rows [residual | q | k | v] of `ids` in float
+/// (rewrite::compute_first_layer_rows) into `buf`; returns a pointer to each row.
+template <class TW>
+std::vector<const float*> fl_compute_rows(const char* fn, const RowMatrix<TW>& embedding,
+                                          const BlockWeights<TW>& block, const BlockConfig& cfg,
+                                          const std::vector<int>& ids,
+                                          const Eigen::Ref<RowMatrix<float>>& q,
+                                          const Eigen::Ref<RowMatrix<float>>& residual, int threads,
+                                          RowMatrix<float>& buf) {
+  check_first_layer(fn, embedding, block, cfg);
+  const auto L = rewrite::FirstLayerLayout::of(cfg.attn.shape);
+  fl_check_ids(fn, ids, embedding.rows());
+  const Index n = static_cast<Index>(ids.size());
+  fl_check_outputs(fn, L, n, q, residual);
+  buf.resize(n, L.width());
+  rewrite::compute_first_layer_rows<float>(embedding, block, cfg, ids.data(), n, buf, threads);
+  std::vector<const float*> rows(ids.size());
+  for (Index r = 0; r < n; ++r) rows[static_cast<size_t>(r)] = buf.row(r).data();
+  return rows;
 }
 
 }  // namespace detail
@@ -246,11 +258,11 @@ void first_layer_lookup(const rewrite::FirstLayerTable<TT>& table, const std::ve
 }
 
 /// Table path into a keys-only cache (any RowCache<TC> of width e, e.g. for slim attention):
-/// appends RoPE_p(row.k) (KeyForm::rotated) or row.k (KeyForm::raw) at p = keys.size() + r; q and
-/// residual as above; V is not produced (a K-only cache recomputes it). Same errors.
+/// appends RoPE_p(row.k) (KeyStorage::rotated) or row.k (KeyStorage::raw) at p = keys.size() + r; q
+/// and residual as above; V is not produced (a K-only cache recomputes it). Same errors.
 template <class TT, class TC>
 void first_layer_lookup(const rewrite::FirstLayerTable<TT>& table, const std::vector<int>& ids,
-                        RowCache<TC>& keys, KeyForm form, Eigen::Ref<RowMatrix<float>> q,
+                        RowCache<TC>& keys, KeyStorage form, Eigen::Ref<RowMatrix<float>> q,
                         Eigen::Ref<RowMatrix<float>> residual) {
   const char* fn = "kernel::first_layer_lookup";
   detail::fl_check_table(fn, table, ids, q, residual);
@@ -268,7 +280,7 @@ template <class TT, class TC>
 void first_layer_lookup(const rewrite::FirstLayerTable<TT>& table, const std::vector<int>& ids,
                         KCache<TC>& cache, Eigen::Ref<RowMatrix<float>> q,
                         Eigen::Ref<RowMatrix<float>> residual) {
-  const KeyForm form =
+  const KeyStorage form =
       detail::fl_kcache_form("kernel::first_layer_lookup", table.attn.shape, cache);
   first_layer_lookup(table, ids, cache.keys(), form, q, residual);
 }
@@ -312,15 +324,11 @@ void first_layer_compute(const RowMatrix<TW>& embedding, const BlockWeights<TW>&
                          Eigen::Ref<RowMatrix<float>> q, Eigen::Ref<RowMatrix<float>> residual,
                          int threads = 0) {
   const char* fn = "kernel::first_layer_compute";
-  detail::check_first_layer(fn, embedding, block, cfg);
+  RowMatrix<float> buf;
+  const auto rows =
+      detail::fl_compute_rows(fn, embedding, block, cfg, ids, q, residual, threads, buf);
   const auto L = rewrite::FirstLayerLayout::of(cfg.attn.shape);
-  detail::fl_check_ids(fn, ids, embedding.rows());
   const Index n = static_cast<Index>(ids.size());
-  detail::fl_check_outputs(fn, L, n, q, residual);
-  RowMatrix<float> buf(n, L.width());
-  rewrite::compute_first_layer_rows<float>(embedding, block, cfg, ids.data(), n, buf, threads);
-  std::vector<const float*> rows(ids.size());
-  for (Index r = 0; r < n; ++r) rows[static_cast<size_t>(r)] = buf.row(r).data();
   detail::fl_into_kv(fn, cfg.attn.shape, n, cache, q, residual,
                      [&](Index start, detail::FlSink<TC>& sink) {
                        detail::fl_finish(fn, rows, L, cfg.attn, start, sink);
@@ -331,18 +339,14 @@ void first_layer_compute(const RowMatrix<TW>& embedding, const BlockWeights<TW>&
 template <class TW, class TC>
 void first_layer_compute(const RowMatrix<TW>& embedding, const BlockWeights<TW>& block,
                          const BlockConfig& cfg, const std::vector<int>& ids, RowCache<TC>& keys,
-                         KeyForm form, Eigen::Ref<RowMatrix<float>> q,
+                         KeyStorage form, Eigen::Ref<RowMatrix<float>> q,
                          Eigen::Ref<RowMatrix<float>> residual, int threads = 0) {
   const char* fn = "kernel::first_layer_compute";
-  detail::check_first_layer(fn, embedding, block, cfg);
+  RowMatrix<float> buf;
+  const auto rows =
+      detail::fl_compute_rows(fn, embedding, block, cfg, ids, q, residual, threads, buf);
   const auto L = rewrite::FirstLayerLayout::of(cfg.attn.shape);
-  detail::fl_check_ids(fn, ids, embedding.rows());
   const Index n = static_cast<Index>(ids.size());
-  detail::fl_check_outputs(fn, L, n, q, residual);
-  RowMatrix<float> buf(n, L.width());
-  rewrite::compute_first_layer_rows<float>(embedding, block, cfg, ids.data(), n, buf, threads);
-  std::vector<const float*> rows(ids.size());
-  for (Index r = 0; r < n; ++r) rows[static_cast<size_t>(r)] = buf.row(r).data();
   detail::fl_into_keys(fn, cfg.attn.shape, n, keys, form, q, residual,
                        [&](Index start, detail::FlSink<TC>& sink) {
                          detail::fl_finish(fn, rows, L, cfg.attn, start, sink);
@@ -355,7 +359,8 @@ void first_layer_compute(const RowMatrix<TW>& embedding, const BlockWeights<TW>&
                          const BlockConfig& cfg, const std::vector<int>& ids, KCache<TC>& cache,
                          Eigen::Ref<RowMatrix<float>> q, Eigen::Ref<RowMatrix<float>> residual,
                          int threads = 0) {
-  const KeyForm form = detail::fl_kcache_form("kernel::first_layer_compute", cfg.attn.shape, cache);
+  const KeyStorage form =
+      detail::fl_kcache_form("kernel::first_layer_compute", cfg.attn.shape, cache);
   first_layer_compute(embedding, block, cfg, ids, cache.keys(), form, q, residual, threads);
 }
 

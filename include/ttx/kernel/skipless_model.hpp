@@ -40,6 +40,7 @@
 #include "ttx/cache/kv_cache.hpp"
 #include "ttx/core/activation.hpp"
 #include "ttx/core/error.hpp"
+#include "ttx/core/greedy.hpp"
 #include "ttx/core/rope.hpp"
 #include "ttx/core/shapes.hpp"
 #include "ttx/core/types.hpp"
@@ -224,21 +225,13 @@ class SkiplessModel {
   /// Each chosen token's logits go to `logits` when given.
   std::vector<int> generate(const std::vector<int>& prompt, Index steps,
                             std::vector<RowVector<A>>* logits = nullptr) {
-    if (prompt.empty())  // raise() is [[noreturn]]: lets the compiler see prompt.back() is valid
-      ttx::detail::raise(ErrorKind::shape,
-                         "ttx::kernel::SkiplessModel::generate: prompt expected at least 1 token, "
-                         "got 0");
-    std::vector<int> out;
-    for (size_t i = 0; i + 1 < prompt.size(); ++i) step(prompt[i]);
-    const RowVector<A>* last = &step(prompt.back());
-    for (Index s = 0; s < steps; ++s) {
-      Index best = 0;
-      last->maxCoeff(&best);
-      if (logits) logits->push_back(*last);
-      out.push_back(static_cast<int>(best));
-      if (s + 1 < steps) last = &step(static_cast<int>(best));
-    }
-    return out;
+    // Each step's logits_ are the last token's; the loop copies what it keeps.
+    return greedy_generate(
+        [this](const std::vector<int>& tokens) -> const RowVector<A>& {
+          for (int t : tokens) step(t);
+          return logits_;
+        },
+        prompt, steps, logits, "kernel::SkiplessModel::generate");
   }
 
   /// Weight bytes one decode step reads: every block matrix and vector, the final norm, the LM

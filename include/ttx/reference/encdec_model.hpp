@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "ttx/core/encdec_weights.hpp"
+#include "ttx/core/greedy.hpp"
 #include "ttx/reference/block.hpp"
+#include "ttx/reference/model.hpp"
 
 namespace ttx::reference {
 
@@ -66,21 +68,9 @@ class EncDecDecoderModel {
     const char* fn = "reference::EncDecDecoderModel::forward";
     detail::require(E_.rows() > 0, ErrorKind::shape, fn,
                     "encoder output expected (call set_encoder first), got none");
-    const Index d = cfg_.block.self_attn.shape.d;
-    RowMatrix<T> X(static_cast<Index>(tokens.size()), d);
-    for (Index r = 0; r < X.rows(); ++r) {
-      const int t = tokens[static_cast<size_t>(r)];
-      detail::require(t >= 0 && t < cfg_.vocab, ErrorKind::shape, fn,
-                      detail::concat("token id expected in [0, ", cfg_.vocab, "), got ", t));
-      X.row(r) = w_.embedding.row(t);
-      if (cfg_.learned_positions) {
-        const Index pos = position() + r;
-        detail::require(pos < cfg_.max_positions, ErrorKind::capacity, fn,
-                        detail::concat("position expected < max_positions=", cfg_.max_positions,
-                                       ", got ", pos));
-        X.row(r) += w_.positions.row(pos);
-      }
-    }
+    RowMatrix<T> X =
+        embed_tokens<T>(fn, tokens, w_.embedding, cfg_.learned_positions ? &w_.positions : nullptr,
+                        cfg_.max_positions, position());
     const ScoreBias bias = t5_self_bias(cfg_, w_);  // built per call: it points into w_
     for (Index l = 0; l < cfg_.layers; ++l)
       X = encdec_decoder_block<T>(X, E_, w_.blocks[static_cast<size_t>(l)], cfg_.block,
@@ -92,19 +82,8 @@ class EncDecDecoderModel {
   /// Greedy decoding: prefill the prompt, then `steps` tokens; logits of each step to `logits`.
   std::vector<int> generate(const std::vector<int>& prompt, Index steps,
                             std::vector<RowVector<T>>* logits = nullptr) {
-    detail::require(!prompt.empty(), ErrorKind::shape, "reference::EncDecDecoderModel::generate",
-                    "prompt expected at least 1 token, got 0");
-    std::vector<int> out;
-    RowMatrix<T> L = forward(prompt);
-    for (Index s = 0; s < steps; ++s) {
-      const RowVector<T> last = L.row(L.rows() - 1);
-      Index best = 0;
-      last.maxCoeff(&best);
-      if (logits) logits->push_back(last);
-      out.push_back(static_cast<int>(best));
-      if (s + 1 < steps) L = forward({static_cast<int>(best)});
-    }
-    return out;
+    return greedy_generate([this](const std::vector<int>& t) { return forward(t); }, prompt, steps,
+                           logits, "reference::EncDecDecoderModel::generate");
   }
 
  private:

@@ -5,12 +5,37 @@
 
 #include <vector>
 
+#include "ttx/core/greedy.hpp"
 #include "ttx/reference/block.hpp"
 
 namespace ttx::reference {
 
 using ttx::ModelConfig;
 using ttx::ModelWeights;
+
+/// Input rows of a decoder stack: embedding.row(t) (+ positions.row(start + r) when `positions` is
+/// given) for tokens[r]. ShapeError for an id outside [0, embedding.rows()), CapacityError for a
+/// position >= max_positions; `fn` names the caller.
+template <class T>
+RowMatrix<T> embed_tokens(const char* fn, const std::vector<int>& tokens,
+                          const RowMatrix<T>& embedding, const RowMatrix<T>* positions,
+                          Index max_positions, Index start) {
+  RowMatrix<T> X(static_cast<Index>(tokens.size()), embedding.cols());
+  for (Index r = 0; r < X.rows(); ++r) {
+    const int t = tokens[static_cast<size_t>(r)];
+    detail::require(t >= 0 && t < embedding.rows(), ErrorKind::shape, fn,
+                    detail::concat("token id expected in [0, ", embedding.rows(), "), got ", t));
+    X.row(r) = embedding.row(t);
+    if (positions) {
+      const Index pos = start + r;
+      detail::require(
+          pos < max_positions, ErrorKind::capacity, fn,
+          detail::concat("position expected < max_positions=", max_positions, ", got ", pos));
+      X.row(r) += positions->row(pos);
+    }
+  }
+  return X;
+}
 
 template <class T>
 class DecoderModel {
@@ -34,23 +59,9 @@ class DecoderModel {
 
   /// Input rows of the first block for `tokens` placed at positions position()...
   RowMatrix<T> embed(const std::vector<int>& tokens) const {
-    const Index d = cfg_.block.attn.shape.d;
-    RowMatrix<T> X(static_cast<Index>(tokens.size()), d);
-    for (Index r = 0; r < X.rows(); ++r) {
-      const int t = tokens[static_cast<size_t>(r)];
-      detail::require(t >= 0 && t < cfg_.vocab, ErrorKind::shape, "reference::DecoderModel::embed",
-                      detail::concat("token id expected in [0, ", cfg_.vocab, "), got ", t));
-      X.row(r) = w_.embedding.row(t);
-      if (cfg_.learned_positions) {
-        const Index pos = position() + r;
-        detail::require(pos < cfg_.max_positions, ErrorKind::capacity,
-                        "reference::DecoderModel::embed",
-                        detail::concat("position expected < max_positions=", cfg_.max_positions,
-                                       ", got ", pos));
-        X.row(r) += w_.positions.row(pos);
-      }
-    }
-    return X;
+    return embed_tokens<T>("reference::DecoderModel::embed", tokens, w_.embedding,
+                           cfg_.learned_positions ? &w_.positions : nullptr, cfg_.max_positions,
+                           position());
   }
 
   /// Runs the new tokens through the model (appending to the caches); logits (n x vocab).
@@ -67,19 +78,8 @@ class DecoderModel {
   /// `logits` when given (row i: logits that chose token i).
   std::vector<int> generate(const std::vector<int>& prompt, Index steps,
                             std::vector<RowVector<T>>* logits = nullptr) {
-    detail::require(!prompt.empty(), ErrorKind::shape, "reference::DecoderModel::generate",
-                    "prompt expected at least 1 token, got 0");
-    std::vector<int> out;
-    RowMatrix<T> L = forward(prompt);
-    for (Index s = 0; s < steps; ++s) {
-      const RowVector<T> last = L.row(L.rows() - 1);
-      Index best = 0;
-      last.maxCoeff(&best);
-      if (logits) logits->push_back(last);
-      out.push_back(static_cast<int>(best));
-      if (s + 1 < steps) L = forward({static_cast<int>(best)});
-    }
-    return out;
+    return greedy_generate([this](const std::vector<int>& t) { return forward(t); }, prompt, steps,
+                           logits, "reference::DecoderModel::generate");
   }
 
  private:

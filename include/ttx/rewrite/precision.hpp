@@ -47,6 +47,9 @@
 #include "ttx/core/types.hpp"
 #include "ttx/core/weights.hpp"
 #include "ttx/kernel/decode.hpp"
+#include "ttx/kernel/encdec.hpp"
+#include "ttx/kernel/flashnorm.hpp"
+#include "ttx/kernel/skipless_model.hpp"
 #include "ttx/kernel/slim_attention.hpp"
 #include "ttx/rewrite/encdec.hpp"
 #include "ttx/rewrite/first_layer.hpp"
@@ -103,18 +106,6 @@ inline const char* name(StorageType t) {
 inline std::size_t storage_bytes(StorageType t) {
   return t == StorageType::f32 ? 4 : 2;
 }
-inline double storage_max(StorageType t) {
-  return t == StorageType::f16    ? max_finite<f16>()
-         : t == StorageType::bf16 ? max_finite<bf16>()
-                                  : max_finite<float>();
-}
-/// Machine epsilon (spacing at 1): 2^-23 (f32), 2^-10 (f16), 2^-7 (bf16); the unit roundoff is
-/// half of it. Not ttx::unit_roundoff<f16>(): Eigen 3.4's NumTraits<half>::epsilon() is 2^-13.
-inline double storage_roundoff(StorageType t) {
-  return t == StorageType::f16    ? std::ldexp(1.0, -10)
-         : t == StorageType::bf16 ? std::ldexp(1.0, -7)
-                                  : std::ldexp(1.0, -23);
-}
 
 namespace precision_detail {
 template <class T>
@@ -133,6 +124,22 @@ decltype(auto) with_storage(StorageType t, F&& f) {
       return f(Tag<float>{});
   }
 }
+}  // namespace precision_detail
+
+/// ttx::unit_roundoff<T>() of the type: the machine epsilon (spacing at 1) 2^-23 (f32), 2^-10
+/// (f16), 2^-7 (bf16), the same convention everywhere in ttx; the round-to-nearest bound on one
+/// rounding's relative error is half of it.
+inline double storage_roundoff(StorageType t) {
+  return precision_detail::with_storage(
+      t, [](auto tag) { return unit_roundoff<typename decltype(tag)::type>(); });
+}
+/// ttx::max_finite<T>() of the type.
+inline double storage_max(StorageType t) {
+  return precision_detail::with_storage(
+      t, [](auto tag) { return max_finite<typename decltype(tag)::type>(); });
+}
+
+namespace precision_detail {
 inline std::string sci(double v, int digits = 2) {
   if (std::isnan(v)) return "-";
   if (std::isinf(v)) return "inf";
@@ -520,9 +527,7 @@ inline void check_options(const char* fn, const PlanOptions& opt, Index rows) {
 
 template <class S>
 AttentionWeights<double> to_double(const AttentionWeights<S>& w) {
-  return {w.wq.template cast<double>(), w.wk.template cast<double>(), w.wv.template cast<double>(),
-          w.wo.template cast<double>(), w.bq.template cast<double>(), w.bk.template cast<double>(),
-          w.bv.template cast<double>(), w.bo.template cast<double>()};
+  return cast_weights<double>(w);
 }
 
 /// Measures one form (see plan_layer); CacheT is the cache's storage type.
@@ -538,9 +543,7 @@ FormMeasure measure_form(PlanForm form, const AttentionWeights<double>& wd,
     m.admissible = true;
     m.cached_width = 2 * s.kv_width();
     m.bytes_per_token = static_cast<std::size_t>(m.cached_width) * sizeof(CacheT);
-    AttentionWeights<float> wf = {wd.wq.cast<float>(), wd.wk.cast<float>(), wd.wv.cast<float>(),
-                                  wd.wo.cast<float>(), wd.bq.cast<float>(), wd.bk.cast<float>(),
-                                  wd.bv.cast<float>(), wd.bo.cast<float>()};
+    AttentionWeights<float> wf = cast_weights<float>(wd);
     m.max_abs_weights = std::max({max_abs(wd.wq), max_abs(wd.wk), max_abs(wd.wv), max_abs(wd.wo),
                                   max_abs(wd.bq), max_abs(wd.bk), max_abs(wd.bv), max_abs(wd.bo)});
     if (opt.weights_in_cache_type) {
@@ -711,6 +714,9 @@ struct CertifyOptions {
   double max_condition = 0;                ///< flag a larger cond (0: no limit)
   bool weights_in_storage = false;         ///< slim: weights at the storage type, not float
   SyntheticActivations synthetic;          ///< used when no activations are given
+  /// certify_skipless: the token ids of the end-to-end run; empty: synthetic.tokens ids drawn
+  /// uniformly from the vocabulary with synthetic.seed.
+  std::vector<int> tokens;
 };
 
 /// The same report for every rewrite.
@@ -884,7 +890,7 @@ PrecisionCertificate certify_flashnorm_fold(const NormSpec& spec, const NormWeig
   detail::check_dim(fn, "activations.cols() (= w.rows())", w.rows(), activations.cols());
   detail::require(activations.rows() > 0, ErrorKind::shape, fn,
                   "activations.rows() expected > 0, got 0");
-  NormWeights<double> nd{norm.gain.template cast<double>(), norm.beta.template cast<double>()};
+  const NormWeights<double> nd = cast_weights<double>(norm);
   const RowMatrix<double> Wd = w.template cast<double>();
   const RowVector<double> bd = bias.template cast<double>();
   const FoldedLinear<double> f = fold_norm(spec, nd, Wd, bd);  // checks the shapes
@@ -900,32 +906,36 @@ PrecisionCertificate certify_flashnorm_fold(const NormSpec& spec, const NormWeig
     c.entries.back().note = "not representable: the folded layer cannot run at this type";
     return c;
   }
-  const RowMatrix<float> A = activations.cast<float>();
+  // LayerNorm: the fold needs zero-mean inputs; the runtime centres them (in float) first.
+  RowMatrix<float> A = activations.cast<float>();
+  if (spec.kind == NormKind::layer) A.colwise() -= A.rowwise().mean();
   precision_detail::with_storage(opt.storage, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const RowMatrix<float> Wf = f.w.template cast<T>().template cast<float>();
-    const RowVector<float> bf = f.b.template cast<T>().template cast<float>();
-    RowMatrix<float> Y(A.rows(), Wf.cols());
-    const float n = static_cast<float>(A.cols()), eps = static_cast<float>(spec.eps);
-    for (Index r = 0; r < A.rows(); ++r) {
-      RowVector<float> a = A.row(r);
-      if (spec.kind == NormKind::layer) a.array() -= a.mean();
-      Y.row(r).noalias() = a * Wf;
-      Y.row(r) /= std::sqrt(a.squaredNorm() / n + eps);
-      if (bf.size()) Y.row(r) += bf;
-    }
+    const Index out = f.w.cols();
+    // The runtime: kernel::flashnorm_linear on W* and b* stored at T.
+    const RowMatrix<T> Wt = f.w.template cast<T>();
+    const RowVector<float> bt = f.b.template cast<T>().template cast<float>();
+    RowMatrix<float> Y(A.rows(), out);
+    kernel::flashnorm_linear<T>(A, Wt, bt, {f.eps, f.divide_by_n}, Y);
     c.entries.push_back(precision_detail::entry(
         "folded output (a W*) / RMS(a) + b*", nan, precision_detail::max_abs(Y),
         max_finite<float>(), precision_detail::rel_error(Y, ref), opt,
-        detail::concat("W* at ", type_name<T>(), ", float accumulation")));
-    // Vanilla at the same precision: norm in float, then W (and b) at T.
-    const RowMatrix<float> N =
-        precision_detail::norm_double(spec, norm, A.template cast<double>()).template cast<float>();
-    RowMatrix<float> Yv = N * Wd.template cast<T>().template cast<float>();
-    if (bd.size()) Yv.rowwise() += bd.template cast<T>().template cast<float>();
+        detail::concat("kernel::flashnorm_linear, W* at ", type_name<T>(),
+                       ", float accumulation")));
+    // Vanilla at the same precision: kernel::rms_normalize in float (on the centred input, then
+    // + beta, for LayerNorm), then kernel::linear_unscaled with W (and b) at T.
+    RowMatrix<float> N(A.rows(), A.cols());
+    kernel::rms_normalize<float>(A, applied_gain(spec, norm.gain).template cast<float>(), spec.eps,
+                                 N);
+    if (norm.beta.size()) N.rowwise() += norm.beta.template cast<float>();
+    const RowMatrix<T> Wvt = Wd.template cast<T>();
+    const RowVector<float> bvt = bd.template cast<T>().template cast<float>();  // empty: none
+    RowMatrix<float> Yv(A.rows(), out);
+    kernel::linear_unscaled<T>(N, Wvt, bvt, Yv);
     c.entries.push_back(precision_detail::entry(
         "vanilla norm(a) W + b (baseline)", nan, precision_detail::max_abs(Yv), max_finite<float>(),
-        precision_detail::rel_error(Yv, ref), opt, detail::concat("W at ", type_name<T>())));
+        precision_detail::rel_error(Yv, ref), opt,
+        detail::concat("kernel::rms_normalize + kernel::linear_unscaled, W at ", type_name<T>())));
   });
   return c;
 }
@@ -936,8 +946,13 @@ PrecisionCertificate certify_flashnorm_fold(const NormSpec& spec, const NormWeig
 /// and the solve residual; the largest |value| of every rewritten block matrix (and the new
 /// embedding) against the storage type; and, measured, the identity each consumer must satisfy
 /// after rounding its new matrix M = A^{-1} B to the storage type: ||A M_T - B||_F / ||B||_F
-/// (e.g. W_Q K* = W_K for Q removal). Not measured: the model's end-to-end output error (that
-/// needs a double forward pass, which lives in the test-only reference).
+/// (e.g. W_Q K* = W_K for Q removal); and end to end, the logits of every token of
+/// options.tokens (or synthetic ids) through kernel::SkiplessModel (float accumulation) with the
+/// merged weights stored at the storage type, against the ORIGINAL model run in double by the
+/// same runtime (||L - L_ref||_F / ||L_ref||_F; inf when a weight overflows the type), next to
+/// the original model at the storage type (the baseline). The double run holds a double copy of
+/// the weights. Errors: what skipless() and kernel::SkiplessModel throw for bad weights; ShapeError
+/// for token ids outside [0, vocab).
 template <class S>
 PrecisionCertificate certify_skipless(const ModelConfig& cfg, const ModelWeights<S>& w,
                                       const SkiplessOptions& sopt = {},
@@ -998,9 +1013,36 @@ PrecisionCertificate certify_skipless(const ModelConfig& cfg, const ModelWeights
                        " in double; error = max over consumers "
                        "of ||A M_T - B|| / ||B||")));
   }
-  c.not_measured.push_back(
-      "the model's end-to-end output error: it needs a double forward pass of the original model "
-      "(reference/, test-only); tests/rewrite/precision_test.cpp measures it for a small model");
+  // End to end: merged at T vs the original in double, both through the runtime.
+  std::vector<int> ids = opt.tokens;
+  if (ids.empty()) {
+    Index n = opt.synthetic.tokens;
+    if (cfg.learned_positions) n = std::min(n, cfg.max_positions);
+    std::mt19937_64 rng(opt.synthetic.seed);
+    std::uniform_int_distribution<int> pick(0, static_cast<int>(cfg.vocab) - 1);
+    for (Index i = 0; i < n; ++i) ids.push_back(pick(rng));
+  }
+  detail::require(!ids.empty(), ErrorKind::shape, fn,
+                  "options.tokens expected at least 1 token (or synthetic.tokens > 0), got 0");
+  const Index n = static_cast<Index>(ids.size());
+  const RowMatrix<double> ref =
+      kernel::SkiplessModel<double>(cfg, cast_weights<double>(w), n).forward(ids);
+  precision_detail::with_storage(opt.storage, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const RowMatrix<float> merged =
+        kernel::SkiplessModel<T>(r.config, cast_weights<T>(r.weights), n).forward(ids);
+    const RowMatrix<float> original =
+        kernel::SkiplessModel<T>(cfg, cast_weights<T>(w), n).forward(ids);
+    const std::string note =
+        detail::concat(n, opt.tokens.empty() ? " synthetic" : "", " tokens; weights at ",
+                       type_name<T>(), ", float accumulation, vs the original in double");
+    c.entries.push_back(precision_detail::entry(
+        "end-to-end logits, merged model (kernel::SkiplessModel)", nan, max_abs(merged),
+        max_finite<float>(), precision_detail::rel_error(merged, ref), opt, note));
+    c.entries.push_back(precision_detail::entry(
+        "end-to-end logits, original model (baseline)", nan, max_abs(original), max_finite<float>(),
+        precision_detail::rel_error(original, ref), opt, note));
+  });
   return c;
 }
 
@@ -1058,32 +1100,12 @@ PrecisionCertificate certify_first_layer(const RowMatrix<S>& embedding,
 
 // Encoder-decoder ------------------------------------------------------------------------------
 
-namespace precision_detail {
-
-/// Cross-attention without a mask in float: head_i = softmax(Qt_i R^T) (R) ... as used by the
-/// forms below. Qt: n x (h*w) per-head queries against rows R (p x w); per head the weighted
-/// rows U_i (1 x w) are mapped by `post(i, U_i)` into head i (1 x dk).
-template <class Post>
-RowMatrix<float> cross_heads(const std::vector<RowMatrix<float>>& Qt, const RowMatrix<float>& R,
-                             const AttentionShape& s, Post&& post) {
-  const Index n = Qt[0].rows(), dk = s.head_dim;
-  RowMatrix<float> H(n, s.q_width());
-  for (Index i = 0; i < s.heads; ++i) {
-    RowMatrix<float> Sc = Qt[static_cast<std::size_t>(i)] * R.transpose();
-    for (Index r = 0; r < n; ++r) stable_softmax(Sc.row(r));
-    const RowMatrix<float> U = Sc * R;
-    for (Index r = 0; r < n; ++r) H.row(r).segment(i * dk, dk) = post(i, U.row(r));
-  }
-  return H;
-}
-
-}  // namespace precision_detail
-
 /// Encoder-decoder cross-attention (rewrite/encdec.hpp) of decoder rows X (n x d) over encoder
 /// output E (p x d): the keys form's cond(W_K) and max |W_KV| (when e = d), and the measured
 /// error of three caches at the storage type against double cross-attention: vanilla cross K,V;
-/// K-only (V = K W_KV); the shared encoder cache (rows E themselves, no inverse). Computed with a
-/// float implementation of the forms' formulas (not kernel/encdec.hpp's runtime).
+/// K-only (V = K W_KV); the shared encoder cache (rows E themselves, no inverse). Measured on the
+/// library's runtime path: the caches (KVCache, CrossKCache, ECache at the storage type) read by
+/// kernel/encdec.hpp's kv_heads / keys_heads / inputs_heads, float weights and arithmetic.
 template <class S>
 PrecisionCertificate certify_encdec(const AttentionWeights<S>& w, const AttentionConfig& cfg,
                                     const RowMatrix<double>& encoder_output,
@@ -1135,12 +1157,13 @@ PrecisionCertificate certify_encdec(const AttentionWeights<S>& w, const Attentio
     if (bo.size()) Y.rowwise() += bo;
     return precision_detail::rel_error(Y, ref);
   };
+  const Index n = Xf.rows(), p = Ef.rows();
   precision_detail::with_storage(opt.storage, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    auto round = [](const RowMatrix<float>& m) {
-      return RowMatrix<float>(m.template cast<T>().template cast<float>());
-    };
-    // Vanilla cross K, V at T.
+    // Each cache is range-checked before it is built (a value T cannot hold: error infinity),
+    // then every decoder row runs through the runtime's kernel for that form.
+    RowMatrix<float> H(n, s.q_width());
+    // Vanilla cross K, V at T (kernel::kv_heads, the streaming decode_vanilla).
     {
       const AttentionWeights<float> wf = {
           wd.wq.cast<float>(), wd.wk.cast<float>(), wd.wv.cast<float>(), wd.wo.cast<float>(),
@@ -1152,42 +1175,34 @@ PrecisionCertificate certify_encdec(const AttentionWeights<S>& w, const Attentio
       const double m = std::max(precision_detail::max_abs(K), precision_detail::max_abs(V));
       double err = std::numeric_limits<double>::infinity();
       if (m <= top) {
-        const RowMatrix<float> Kt = round(K), Vt = round(V);
-        RowMatrix<float> H(Xf.rows(), s.q_width());
-        for (Index i = 0; i < s.heads; ++i) {
-          const Index g = s.kv_head_of(i);
-          RowMatrix<float> Sc = static_cast<float>(cfg.effective_scale()) *
-                                Q.middleCols(i * dk, dk) * Kt.middleCols(g * dk, dk).transpose();
-          for (Index r = 0; r < Sc.rows(); ++r) stable_softmax(Sc.row(r));
-          H.middleCols(i * dk, dk) = Sc * Vt.middleCols(g * dk, dk);
-        }
+        KVCache<T> cache(s, p);
+        cache.append(K, V);
+        for (Index r = 0; r < n; ++r)
+          kernel::kv_heads(RowVector<float>(Q.row(r)), cache, cfg.effective_scale(), nullptr,
+                           H.row(r));
         err = finish(H, wf.wo, wf.bo);
       }
       c.entries.push_back(
           precision_detail::entry("vanilla cross K,V cache (baseline)", nan, m, top, err, opt));
     }
-    // Shared encoder cache: rows E at T, q~_i = q_i W_K,g^T, head_i = (s_i E) W_V,g.
+    // Shared encoder cache: rows E at T (kernel::inputs_heads over an ECache).
     {
       const InputsAttention<float> ia = inputs_attention<float>(wd, cfg);
       RowMatrix<float> Q = Xf * ia.wq;
       if (ia.bq.size()) Q.rowwise() += ia.bq;
-      std::vector<RowMatrix<float>> Qt;
-      for (Index i = 0; i < s.heads; ++i)
-        Qt.push_back(Q.middleCols(i * dk, dk) *
-                     ia.wk.middleCols(s.kv_head_of(i) * dk, dk).transpose());
       const double m = precision_detail::max_abs(Ef);
       double err = std::numeric_limits<double>::infinity();
       if (m <= top) {
-        const RowMatrix<float> H = precision_detail::cross_heads(
-            Qt, round(Ef), s, [&](Index i, const auto& u) -> RowVector<float> {
-              return u * ia.wv.middleCols(s.kv_head_of(i) * dk, dk);
-            });
+        ECache<T> cache(s.d, p);
+        cache.assign(Ef);
+        for (Index r = 0; r < n; ++r)
+          kernel::inputs_heads(RowVector<float>(Q.row(r)), ia, cache.rows(), nullptr, H.row(r));
         err = finish(H, ia.wo, ia.bo);
       }
       c.entries.push_back(precision_detail::entry("shared encoder cache (rows E, no inverse)", nan,
                                                   m, top, err, opt));
     }
-    // K-only cross cache: K = E W_K at T, V = K W_KV.
+    // K-only cross cache: K = E W_K at T, V = K W_KV (kernel::keys_heads over a CrossKCache).
     if (e == s.d) {
       const KeysAttention<float> ka = keys_attention<float>(wd, cfg);
       RowMatrix<float> Q = Xf * ka.wq;
@@ -1196,14 +1211,10 @@ PrecisionCertificate certify_encdec(const AttentionWeights<S>& w, const Attentio
       const double m = precision_detail::max_abs(K);
       double err = std::numeric_limits<double>::infinity();
       if (m <= top) {
-        const RowMatrix<float> Kt = round(K);
-        RowMatrix<float> H(Xf.rows(), s.q_width());
-        for (Index i = 0; i < s.heads; ++i) {
-          const Index g = s.kv_head_of(i);
-          RowMatrix<float> Sc = Q.middleCols(i * dk, dk) * Kt.middleCols(g * dk, dk).transpose();
-          for (Index r = 0; r < Sc.rows(); ++r) stable_softmax(Sc.row(r));
-          H.middleCols(i * dk, dk) = (Sc * Kt) * ka.wkv.middleCols(g * dk, dk);
-        }
+        CrossKCache<T> cache(s, p);
+        cache.assign(K);
+        for (Index r = 0; r < n; ++r)
+          kernel::keys_heads(RowVector<float>(Q.row(r)), ka, cache.keys(), nullptr, H.row(r));
         err = finish(H, ka.wo, ka.bo);
       }
       c.entries.push_back(precision_detail::entry("W_KV = W_K^{-1} W_V (K-only cross cache)",

@@ -298,6 +298,26 @@ inline void micro_cols(const float* P, Index ldp, Index B, const T* K, Index ldk
   }
 }
 
+template <class T>
+inline void micro_rows(Index mr, const float* P, Index ldp, Index B, const T* K, Index ldk,
+                       Index cols, float* C, Index ldc, const float* alpha, const T* pf0,
+                       const T* pf1) {
+  switch (mr) {
+    case 6:
+      return micro_cols<6>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+    case 5:
+      return micro_cols<5>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+    case 4:
+      return micro_cols<4>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+    case 3:
+      return micro_cols<3>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+    case 2:
+      return micro_cols<2>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+    default:
+      return micro_cols<1>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+  }
+}
+
 /// C (rows x cols, ld ldc) = alpha .* C + P (rows x B, ld ldp) * K (B x cols, ld ldk).
 /// pf0/pf1: optional next-tile rows (B x cols, ld ldk) to prefetch while computing.
 template <class T>
@@ -307,33 +327,18 @@ inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T
   // Row blocks of at most 6 (24 accumulators + 4 key vectors fit the 32 registers), as even as
   // possible: h = 8 runs as 4 + 4 rather than 6 + 2 (a 2-row block reloads the keys for 2 rows).
   const Index blocks = (rows + 5) / 6;
-  Index i = 0;
-  for (Index blk = 0; blk < blocks; ++blk) {
-    const Index mr = (rows - i) / (blocks - blk) + ((rows - i) % (blocks - blk) != 0);
-    const float* Pi = P + i * ldp;
-    float* Ci = C + i * ldc;
-    switch (mr) {
-      case 6:
-        micro_cols<6>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
-        break;
-      case 5:
-        micro_cols<5>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
-        break;
-      case 4:
-        micro_cols<4>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
-        break;
-      case 3:
-        micro_cols<3>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
-        break;
-      case 2:
-        micro_cols<2>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
-        break;
-      default:
-        micro_cols<1>(Pi, ldp, B, K, ldk, cols, Ci, ldc, alpha + i, pf0, pf1);
-        break;
+  if (blocks == 1) return micro_rows(rows, P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+  // Several row blocks: 64-column slabs outermost, so every block after the first finds the slab
+  // (B x 64 keys) in L1 instead of re-reading the whole tile from L2 (measured 3-4% at h = 8).
+  for (Index c = 0; c < cols; c += 64) {
+    const Index cw = std::min<Index>(64, cols - c);
+    for (Index blk = 0, i = 0; blk < blocks; ++blk) {
+      const Index mr = (rows - i) / (blocks - blk) + ((rows - i) % (blocks - blk) != 0);
+      const bool pf = blk == 0;  // the first block prefetches the next tile's slab
+      micro_rows(mr, P + i * ldp, ldp, B, K + c, ldk, cw, C + i * ldc + c, ldc, alpha + i,
+                 pf && pf0 ? pf0 + c : nullptr, pf && pf1 ? pf1 + c : nullptr);
+      i += mr;
     }
-    pf0 = pf1 = nullptr;  // the first row block prefetched the next tile
-    i += mr;
   }
 }
 
