@@ -11,6 +11,7 @@
 #include <string>
 
 #include "support/random.hpp"
+#include "support/throws.hpp"
 #include "support/tolerance.hpp"
 #include "ttx/cache/k_cache.hpp"
 #include "ttx/cache/kv_cache.hpp"
@@ -19,15 +20,7 @@
 namespace ttx {
 namespace {
 
-template <class F>
-void expect_error_containing(F&& f, const std::string& text) {
-  try {
-    f();
-    ADD_FAILURE() << "expected a ttx::Error containing \"" << text << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-  }
-}
+using test::expect_error_containing;
 
 TEST(ECache, StoresRowsExactlyAndCountsBytes) {
   test::Rng rng(1);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "support/encdec_random.hpp"
+#include "support/throws.hpp"
 #include "support/tolerance.hpp"
 #include "ttx/reference/encdec_model.hpp"
 
@@ -358,15 +359,7 @@ TEST(EncDecKernelBatch, BatchStepEqualsSingleSequenceSteps) {
 // ---------------------------------------------------------------------------------------------
 // Bad inputs.
 
-template <class F>
-void expect_error_containing(F&& f, const std::string& text) {
-  try {
-    f();
-    ADD_FAILURE() << "expected a ttx::Error containing \"" << text << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-  }
-}
+using test::expect_error_containing;
 
 TEST(EncDecKernelErrors, BadInputs) {
   Rng rng(8);

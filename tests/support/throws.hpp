@@ -43,4 +43,16 @@ std::string error_text(F&& call) {
   return "<no error>";
 }
 
+/// Adds a failure unless `call` throws a ttx::Error whose message contains `text` (any subclass;
+/// use throws<E> to pin the type as well).
+template <class F>
+void expect_error_containing(F&& call, const std::string& text) {
+  try {
+    call();
+    ADD_FAILURE() << "expected a ttx::Error containing \"" << text << "\"";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace ttx::test
