@@ -36,6 +36,8 @@ import sys
 import numpy as np
 import torch
 
+from ttxf import llama3_scaled_inv_freq, write_ttxf
+
 VOCAB, D, LAYERS, HEADS, KV_HEADS, FFN = 128, 64, 2, 4, 2, 96
 PROMPT = [1, 17, 42, 99, 5, 63, 120, 8]
 STEPS = 6
@@ -80,18 +82,6 @@ def write_safetensors(path, tensors, metadata=None):
     return offset
 
 
-def write_ttxf(path, tensors):
-    """tests/support/fixture.hpp format: "TTXF1\\n", then "<name> <rows> <cols>\\n" + f64 data."""
-    with open(path, "wb") as f:
-        f.write(b"TTXF1\n")
-        for name, a in tensors:
-            a = np.asarray(a, dtype="<f8")
-            if a.ndim == 1:
-                a = a.reshape(1, -1)
-            f.write(f"{name} {a.shape[0]} {a.shape[1]}\n".encode())
-            f.write(np.ascontiguousarray(a).tobytes())
-
-
 # ----------------------------------------------------------------------------------------------
 # the model, written the HF way, in float64
 
@@ -122,21 +112,10 @@ def default_inv_freq(cfg, head_dim):
 
 def llama3_inv_freq(cfg, head_dim):
     """transformers' _compute_llama3_parameters, in float64."""
-    inv_freq = default_inv_freq(cfg, head_dim)
     rs = cfg["rope_scaling"]
-    factor = rs["factor"]
-    low_freq_factor = rs["low_freq_factor"]
-    high_freq_factor = rs["high_freq_factor"]
-    old_context_len = rs["original_max_position_embeddings"]
-    low_freq_wavelen = old_context_len / low_freq_factor
-    high_freq_wavelen = old_context_len / high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-    smooth_factor = (old_context_len / wavelen - low_freq_factor) / (
-        high_freq_factor - low_freq_factor)
-    smoothed = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
-    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
-    return torch.where(is_medium, smoothed, inv_freq_llama)
+    return llama3_scaled_inv_freq(default_inv_freq(cfg, head_dim), rs["factor"],
+                                  rs["low_freq_factor"], rs["high_freq_factor"],
+                                  rs["original_max_position_embeddings"])
 
 
 def inv_freq_of(cfg, head_dim):

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ttxf import llama3_scaled_inv_freq, write_ttxf
+
 SEED = 20250301
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
 
@@ -91,13 +93,7 @@ class Fixture:
             self.add(n + "_f32", runs[torch.float32][n])
 
     def write(self):
-        path = os.path.join(OUT, self.name + ".ttxf")
-        with open(path, "wb") as f:
-            f.write(b"TTXF1\n")
-            for n, a in self.tensors:
-                f.write(f"{n} {a.shape[0]} {a.shape[1]}\n".encode())
-                f.write(a.tobytes())
-        return path
+        return write_ttxf(os.path.join(OUT, self.name + ".ttxf"), self.tensors)
 
 
 def both(fn, params, *inputs):
@@ -122,16 +118,8 @@ def llama_default_inv_freq(dim, base, dtype):
 
 def llama3_inv_freq(dim, base, factor, low_freq_factor, high_freq_factor, old_context_len, dtype):
     # HF modeling_rope_utils._compute_llama3_parameters
-    inv_freq = llama_default_inv_freq(dim, base, dtype)
-    low_freq_wavelen = old_context_len / low_freq_factor
-    high_freq_wavelen = old_context_len / high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-    smooth_factor = (old_context_len / wavelen - low_freq_factor) / (
-        high_freq_factor - low_freq_factor)
-    smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
-    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
-    return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
+    return llama3_scaled_inv_freq(llama_default_inv_freq(dim, base, dtype), factor,
+                                  low_freq_factor, high_freq_factor, old_context_len)
 
 
 def llama_rotary(inv_freq, position_ids, dtype):

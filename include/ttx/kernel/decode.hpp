@@ -204,11 +204,18 @@ inline int resolve_threads(int requested) {
 #endif
 }
 
-/// Keys per tile: opt.tile, or enough rows to fill ~192 KB (L2-resident with the scratch).
-inline Index resolve_tile(Index requested, Index row_bytes) {
+/// Keys per tile: opt.tile, or automatic. Two costs set it. The tile is read twice (scores, then
+/// the weighted sum), so it should stay near L2: ~192 KB of rows. And every tile rescales and
+/// rewrites the accumulator C (acc_rows x row values): for the all-heads sums (slim, inputs form)
+/// C is h x w, as large as 2h key rows of traffic, so a tile needs >= 8h keys to keep that under
+/// a quarter (measured, f32 n 16384 2 threads: h 32 tile 16 -> 256 went 55 -> 25 ms; h 16, 16 ->
+/// 128: 13.7 -> 6.5 ms). Then no larger than one tile per thread needs.
+inline Index resolve_tile(Index requested, Index row_bytes, Index acc_rows, Index n, int threads) {
   if (requested > 0) return requested;
-  const Index rows = (Index(192) << 10) / std::max<Index>(1, row_bytes);
-  return std::clamp<Index>(rows / 16 * 16, 16, 512);
+  const Index l2_rows = (Index(192) << 10) / std::max<Index>(1, row_bytes);
+  const Index per_thread = (n + threads - 1) / std::max(1, threads);
+  const Index rows = std::min(std::max(l2_rows, 8 * acc_rows), per_thread);
+  return std::clamp<Index>((rows + 15) / 16 * 16, 16, 512);
 }
 
 struct Partial {
@@ -264,6 +271,39 @@ void run_stream(const Stream& s, const T* K, Index ldk, const T* V, Index ldv, I
   }
 }
 
+/// The score half of a Stream: `heads` queries at q (q_ld apart) in `groups` groups of hg, each
+/// dotted with L columns of its group's key segment.
+inline Stream score_stream(Index n, Index heads, const float* q, Index q_ld, Index groups, Index L,
+                           float scale, const float* bias) {
+  Stream s;
+  s.n = n;
+  s.heads = heads;
+  s.q = q;
+  s.q_ld = q_ld;
+  s.groups = groups;
+  s.hg = heads / groups;
+  s.L = L;
+  s.scale = scale;
+  s.bias = bias;
+  return s;
+}
+
+/// All-heads sum over the rows themselves (slim K cache, X / encoder cache): U (heads x w) = S
+/// rows. Writes U in place when its rows are contiguous, else through one temporary.
+template <class T>
+void run_all_heads(const Stream& s, const T* rows, Index w, const DecodeOptions& opt,
+                   Eigen::Ref<RowMatrix<float>> U) {
+  const int threads = resolve_threads(opt.threads);
+  const Index B = resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)), s.heads, s.n, threads);
+  if (U.outerStride() == w) {
+    run_stream(s, rows, w, rows, w, B, threads, U.data(), w);
+  } else {
+    RowMatrix<float> tmp(s.heads, w);
+    run_stream(s, rows, w, rows, w, B, threads, tmp.data(), w);
+    U = tmp;
+  }
+}
+
 }  // namespace detail
 
 /// Vanilla decode over a KV cache: out (1 x h*dk) = concat_i softmax(scale q_i K_g(i)^T + bias_i)
@@ -290,21 +330,16 @@ void decode_vanilla(Eigen::Ref<const RowVector<float>> q, const KVCache<T>& cach
     return "opt.rotation expected KeyRotation::none (a KV cache holds rotated keys)";
   });
   const Index e = shape.kv_width(), dk = shape.head_dim;
-  detail::Stream s;
-  s.n = cache.size();
-  s.heads = shape.heads;
-  s.q = q.data();
-  s.q_ld = dk;
-  s.groups = shape.kv_heads;
-  s.hg = shape.group();
-  s.L = dk;
-  s.scale = static_cast<float>(opt.scale != 0 ? opt.scale : shape.default_scale());
-  s.bias = opt.score_bias;
+  detail::Stream s = detail::score_stream(
+      cache.size(), shape.heads, q.data(), dk, shape.kv_heads, dk,
+      static_cast<float>(opt.scale != 0 ? opt.scale : shape.default_scale()), opt.score_bias);
   s.per_group = true;
   s.sum_cols = dk;
-  const Index B = detail::resolve_tile(opt.tile, 2 * e * static_cast<Index>(sizeof(T)));
-  detail::run_stream(s, cache.keys().data(), e, cache.values().data(), e, B,
-                     detail::resolve_threads(opt.threads), out.data(), dk);
+  const int threads = detail::resolve_threads(opt.threads);
+  const Index B =
+      detail::resolve_tile(opt.tile, 2 * e * static_cast<Index>(sizeof(T)), 0, s.n, threads);
+  detail::run_stream(s, cache.keys().data(), e, cache.values().data(), e, B, threads, out.data(),
+                     dk);
 }
 
 /// Slim attention's core (SPEC.md §1, option 2): U (h x w) = S K with
@@ -327,16 +362,9 @@ void decode_weighted_keys(Eigen::Ref<const RowVector<float>> q, const RowCache<T
   });
   ttx::detail::check_dim(fn, "q.cols() (= heads*head_dim)", shape.q_width(), q.cols());
   ttx::detail::check_shape(fn, "U", U, shape.heads, w);
-  detail::Stream s;
-  s.n = keys.size();
-  s.heads = shape.heads;
-  s.q = q.data();
-  s.q_ld = dk;
-  s.groups = shape.kv_heads;
-  s.hg = shape.group();
-  s.L = dk;
-  s.scale = static_cast<float>(opt.scale != 0 ? opt.scale : shape.default_scale());
-  s.bias = opt.score_bias;
+  detail::Stream s = detail::score_stream(
+      keys.size(), shape.heads, q.data(), dk, shape.kv_heads, dk,
+      static_cast<float>(opt.scale != 0 ? opt.scale : shape.default_scale()), opt.score_bias);
   s.rotation = opt.rotation;
   s.head_dim = dk;
   s.rot_cols = e;
@@ -346,16 +374,7 @@ void decode_weighted_keys(Eigen::Ref<const RowVector<float>> q, const RowCache<T
     table.prepare(*opt.rope, s.n);
     s.rope = &table;
   }
-  const Index B = detail::resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)));
-  if (U.outerStride() == w) {
-    detail::run_stream(s, keys.data(), w, keys.data(), w, B, detail::resolve_threads(opt.threads),
-                       U.data(), w);
-  } else {
-    RowMatrix<float> tmp(shape.heads, w);
-    detail::run_stream(s, keys.data(), w, keys.data(), w, B, detail::resolve_threads(opt.threads),
-                       tmp.data(), w);
-    U = tmp;
-  }
+  detail::run_all_heads(s, keys.data(), w, opt, U);
 }
 
 /// Inputs form (X cache, shared encoder cache; SPEC.md §1): per-head queries Qt (h x w) against
@@ -381,27 +400,10 @@ void decode_weighted_rows(Eigen::Ref<const RowMatrix<float>> Qt, const RowCache<
     return ttx::detail::concat("Qt.rows() (= heads) expected > 0, got ", Qt.rows());
   });
   ttx::detail::check_shape(fn, "U", U, Qt.rows(), w);
-  detail::Stream s;
-  s.n = rows.size();
-  s.heads = Qt.rows();
-  s.q = Qt.data();
-  s.q_ld = Qt.outerStride();
-  s.groups = 1;
-  s.hg = Qt.rows();
-  s.L = w;
-  s.scale = static_cast<float>(opt.scale);
-  s.bias = opt.score_bias;
+  detail::Stream s = detail::score_stream(rows.size(), Qt.rows(), Qt.data(), Qt.outerStride(), 1, w,
+                                          static_cast<float>(opt.scale), opt.score_bias);
   s.sum_cols = w;
-  const Index B = detail::resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)));
-  if (U.outerStride() == w) {
-    detail::run_stream(s, rows.data(), w, rows.data(), w, B, detail::resolve_threads(opt.threads),
-                       U.data(), w);
-  } else {
-    RowMatrix<float> tmp(Qt.rows(), w);
-    detail::run_stream(s, rows.data(), w, rows.data(), w, B, detail::resolve_threads(opt.threads),
-                       tmp.data(), w);
-    U = tmp;
-  }
+  detail::run_all_heads(s, rows.data(), w, opt, U);
 }
 
 }  // namespace ttx::kernel

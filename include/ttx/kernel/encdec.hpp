@@ -193,8 +193,27 @@ void norm_rows(const RowMatrix<A>& X, const NormWeights<A>& w, const NormSpec& s
 
 template <class A>
 void linear_rows(const RowMatrix<A>& X, const RowMatrix<A>& W, const RowVector<A>& b,
-                 RowMatrix<A>& Y) {
-  Y.noalias() = X * W;
+                 RowMatrix<A>& Y, int threads) {
+  // Threads split W's columns and run Eigen's product on their block (Eigen stays single-threaded
+  // inside a parallel region). Eigen's own OpenMP GEMM measured pathological for the step's small
+  // batches: 8 x 384 times 384 x 51865 (Whisper-tiny's LM head) took 282 ms on 2 threads against
+  // 12 ms on one, while another parallel region's threads competed for the 2 cores.
+  Y.resize(X.rows(), W.cols());
+  const Index k = W.cols();
+  const int nt = static_cast<int>(std::min<Index>(resolve_threads(threads), k / 64));
+  if (nt <= 1) {
+    Y.noalias() = X * W;
+  } else {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), count = omp_get_num_threads();
+      const Index c0 = k * t / count / 16 * 16;
+      const Index c1 = t + 1 == count ? k : k * (t + 1) / count / 16 * 16;
+      Y.middleCols(c0, c1 - c0).noalias() = X * W.middleCols(c0, c1 - c0);
+    }
+#endif
+  }
   if (b.size()) Y.rowwise() += b;
 }
 
@@ -278,8 +297,8 @@ class EncDecDecoder {
           const auto& w = layer(l).cross_kv;
           auto& c = st.cross_kv[static_cast<size_t>(l)];
           capacity_check(fn, "cross cache", Ea.rows(), c.capacity());
-          detail::linear_rows(Ea, w.wk, w.bk, K);
-          detail::linear_rows(Ea, w.wv, w.bv, V);
+          detail::linear_rows(Ea, w.wk, w.bk, K, threads_);
+          detail::linear_rows(Ea, w.wv, w.bv, V, threads_);
           c.clear();
           c.append(K, V);
         }
@@ -360,9 +379,9 @@ class EncDecDecoder {
       H.resize(B, ss.q_width());
       if (p_.forms.self == rewrite::SelfForm::kv) {
         const auto& w = Lp.self_kv;
-        detail::linear_rows(N, w.wq, w.bq, Q);
-        detail::linear_rows(N, w.wk, w.bk, K);
-        detail::linear_rows(N, w.wv, w.bv, V);
+        detail::linear_rows(N, w.wq, w.bq, Q, threads_);
+        detail::linear_rows(N, w.wk, w.bk, K, threads_);
+        detail::linear_rows(N, w.wv, w.bv, V, threads_);
         for (Index b = 0; b < B; ++b) seq(states, b).self_kv[ls].append(K.row(b), V.row(b));
         const double scale = cfg.block.self_attn.effective_scale();
         for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch& sc) {
@@ -371,17 +390,17 @@ class EncDecDecoder {
                          detail::encdec_options(scale, self_bias(st.position, sc.bias), threads),
                          H.row(b));
         });
-        detail::linear_rows(H, w.wo, w.bo, Y);
+        detail::linear_rows(H, w.wo, w.bo, Y, threads_);
       } else {
         const auto& w = Lp.self_inputs;
-        detail::linear_rows(N, w.wq, w.bq, Q);
+        detail::linear_rows(N, w.wq, w.bq, Q, threads_);
         for (Index b = 0; b < B; ++b) seq(states, b).self_rows[ls].append(N.row(b));
         for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch& sc) {
           const EncDecState<T>& st = seq(states, b);
           detail::inputs_heads(Q.row(b), w, st.self_rows[ls], self_bias(st.position, sc.bias),
                                H.row(b), threads, sc);
         });
-        detail::linear_rows(H, w.wo, w.bo, Y);
+        detail::linear_rows(H, w.wo, w.bo, Y, threads_);
       }
       X += Y;
       // Cross-attention.
@@ -391,51 +410,51 @@ class EncDecDecoder {
                               (p_.forms.cross == rewrite::CrossForm::hybrid && l == 0);
       if (p_.forms.cross == rewrite::CrossForm::kv) {
         const auto& w = Lp.cross_kv;
-        detail::linear_rows(N, w.wq, w.bq, Q);
+        detail::linear_rows(N, w.wq, w.bq, Q, threads_);
         const double scale = cfg.block.cross_attn.effective_scale();
         for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch&) {
           decode_vanilla(Q.row(b), seq(states, b).cross_kv[ls], cs,
                          detail::encdec_options(scale, nullptr, threads), H.row(b));
         });
-        detail::linear_rows(H, w.wo, w.bo, Y);
+        detail::linear_rows(H, w.wo, w.bo, Y, threads_);
       } else if (keys_layer) {
         const auto& w = Lp.cross_keys;
-        detail::linear_rows(N, w.wq, w.bq, Q);
+        detail::linear_rows(N, w.wq, w.bq, Q, threads_);
         const bool own = p_.forms.cross == rewrite::CrossForm::keys;
         for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch& sc) {
           const EncDecState<T>& st = seq(states, b);
           detail::keys_heads(Q.row(b), w, own ? st.cross_keys[ls].keys() : st.basis[0].keys(),
                              nullptr, H.row(b), threads, sc);
         });
-        detail::linear_rows(H, w.wo, w.bo, Y);
+        detail::linear_rows(H, w.wo, w.bo, Y, threads_);
       } else {
         const auto& w = Lp.cross_inputs;
-        detail::linear_rows(N, w.wq, w.bq, Q);
+        detail::linear_rows(N, w.wq, w.bq, Q, threads_);
         const bool shared = p_.forms.cross == rewrite::CrossForm::shared_encoder;
         for_each_sequence(B, [&](Index b, int threads, detail::EncDecScratch& sc) {
           const EncDecState<T>& st = seq(states, b);
           detail::inputs_heads(Q.row(b), w, shared ? st.encoder[0].rows() : st.basis[0].keys(),
                                nullptr, H.row(b), threads, sc);
         });
-        detail::linear_rows(H, w.wo, w.bo, Y);
+        detail::linear_rows(H, w.wo, w.bo, Y, threads_);
       }
       X += Y;
       // FFN.
       detail::norm_rows(X, Lp.norm_ffn, cfg.block.norm, N);
-      detail::linear_rows(N, Lp.ffn.w_in, Lp.ffn.b_in, H);
+      detail::linear_rows(N, Lp.ffn.w_in, Lp.ffn.b_in, H, threads_);
       const Activation act = cfg.block.ffn.act;
       H = H.unaryExpr([act](A v) { return activate(act, v); });
       if (cfg.block.ffn.kind == FfnKind::glu) {
-        detail::linear_rows(N, Lp.ffn.w_up, Lp.ffn.b_up, K);
+        detail::linear_rows(N, Lp.ffn.w_up, Lp.ffn.b_up, K, threads_);
         H.array() *= K.array();
       }
-      detail::linear_rows(H, Lp.ffn.w_out, Lp.ffn.b_out, Y);
+      detail::linear_rows(H, Lp.ffn.w_out, Lp.ffn.b_out, Y, threads_);
       X += Y;
     }
     for (auto* st : states) ++st->position;
     detail::norm_rows(X, p_.final_norm, cfg.final_norm_spec, N);
     RowMatrix<A> logits(B, cfg.vocab);
-    logits.noalias() = N * p_.lm_head;
+    detail::linear_rows(N, p_.lm_head, RowVector<A>(), logits, threads_);
     return logits;
   }
 

