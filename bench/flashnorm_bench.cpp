@@ -5,8 +5,14 @@
 // batch 1 is the AVX-512 GEMV streaming rows of W, batch > 1 Eigen's GEMM (bf16: per-panel
 // widening). Per iteration: bytes d k sizeof(T) + b (d + k) 4, flops 2 b d k. Weights are cycled
 // over several copies (>= 64 MB in total) so each iteration reads W from memory, not cache.
+//   flashnorm_linear/paired/<type>/d:<d>/k:<k>/batch:<b>  both, alternating within every
+// iteration (order swapped each time); counter fused_over_unfused = median of the per-iteration
+// time ratios. This VM's bandwidth drifts within seconds (the separate runs above show 20-30 %
+// spreads at batch 1); pairs measured microseconds apart cancel most of that drift.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -50,26 +56,67 @@ struct Setup {
 };
 
 template <class T>
+void run_once(Setup<T>& s, const RowMatrix<T>& w, bool fused) {
+  const RowVector<float> none;
+  if (fused) {
+    kernel::flashnorm_linear<T>(s.a, w, none, {1e-5}, s.out);
+  } else {
+    kernel::rms_normalize<float>(s.a, s.gain, 1e-5, s.tmp);
+    kernel::linear_unscaled<T>(s.tmp, w, none, s.out);
+  }
+  benchmark::DoNotOptimize(s.out.data());
+  benchmark::ClobberMemory();
+}
+
+template <class T>
 void bm_linear(benchmark::State& state, bool fused, Index d, Index k, Index b) {
   Setup<T> s(d, k, b);
-  const RowVector<float> none;
   size_t next = 0;
   for (auto _ : state) {
     const RowMatrix<T>& w = s.w[next];
     next = (next + 1) % s.w.size();
-    if (fused) {
-      kernel::flashnorm_linear<T>(s.a, w, none, {1e-5}, s.out);
-    } else {
-      kernel::rms_normalize<float>(s.a, s.gain, 1e-5, s.tmp);
-      kernel::linear_unscaled<T>(s.tmp, w, none, s.out);
-    }
-    benchmark::DoNotOptimize(s.out.data());
-    benchmark::ClobberMemory();
+    run_once(s, w, fused);
   }
   const double bytes =
       static_cast<double>(d * k) * sizeof(T) + static_cast<double>(b * (d + k)) * 4;
   const double flops = 2.0 * static_cast<double>(b * d * k);
   bench::report(state, bytes, flops, bench::max_threads());
+}
+
+template <class T>
+void bm_paired(benchmark::State& state, Index d, Index k, Index b) {
+  using clock = std::chrono::steady_clock;
+  Setup<T> s(d, k, b);
+  size_t next = 0;
+  bool fused_first = true;
+  std::vector<double> ratios, fused_t, unfused_t;
+  for (auto _ : state) {
+    double t[2] = {0, 0};  // [unfused, fused]
+    for (int half = 0; half < 2; ++half) {
+      const bool fused = (half == 0) == fused_first;
+      const RowMatrix<T>& w = s.w[next];
+      next = (next + 1) % s.w.size();
+      const auto t0 = clock::now();
+      run_once(s, w, fused);
+      t[fused] = std::chrono::duration<double>(clock::now() - t0).count();
+    }
+    fused_first = !fused_first;
+    state.SetIterationTime(t[0] + t[1]);
+    ratios.push_back(t[1] / t[0]);
+    fused_t.push_back(t[1]);
+    unfused_t.push_back(t[0]);
+  }
+  auto median = [](std::vector<double>& v) {
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  const double bytes =
+      static_cast<double>(d * k) * sizeof(T) + static_cast<double>(b * (d + k)) * 4;
+  const double flops = 2.0 * static_cast<double>(b * d * k);
+  bench::report(state, 2 * bytes, 2 * flops, bench::max_threads());  // both products
+  state.counters["fused_over_unfused"] = median(ratios);
+  state.counters["fused_ms"] = 1e3 * median(fused_t);
+  state.counters["unfused_ms"] = 1e3 * median(unfused_t);
 }
 
 template <class T>
@@ -89,6 +136,15 @@ void register_type() {
             ->MinTime(0.2)
             ->Unit(benchmark::kMillisecond);
       }
+  for (Shape sh : {Shape{4096, 4096}, Shape{2048, 2560}})
+    for (Index b : {1, 16, 512})
+      benchmark::RegisterBenchmark(bench::name("flashnorm_linear", "paired", type_name<T>(),
+                                               {{"d", sh.d}, {"k", sh.k}, {"batch", b}})
+                                       .c_str(),
+                                   [=](benchmark::State& st) { bm_paired<T>(st, sh.d, sh.k, b); })
+          ->UseManualTime()
+          ->MinTime(0.5)
+          ->Unit(benchmark::kMillisecond);
 }
 
 const bool registered = [] {
