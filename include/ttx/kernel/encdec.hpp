@@ -231,7 +231,9 @@ class EncDecDecoder {
   using A = float;
   using Plan = rewrite::EncDecDecoderPlan<float>;
 
-  /// `threads`: threads of each attention's streaming pass (DecodeOptions::threads; 0 = all).
+  /// `threads`: threads of each attention's streaming pass and of the step's products, which split
+  /// W's columns (DecodeOptions::threads; 0 = all). With 1, Eigen's own product may still use
+  /// OpenMP threads (Eigen::setNbThreads / OMP_NUM_THREADS decide).
   explicit EncDecDecoder(Plan plan, int threads = 0) : p_(std::move(plan)), threads_(threads) {
     ttx::detail::check_dim("kernel::EncDecDecoder", "plan.layers.size() (= config.layers)",
                            p_.config.layers, p_.layers.size());
