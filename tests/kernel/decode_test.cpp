@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "support/random.hpp"
+#include "support/throws.hpp"
 #include "support/tolerance.hpp"
 #include "ttx/reference/attention.hpp"
 #include "ttx/reference/rope.hpp"
@@ -358,16 +359,6 @@ TEST(Decode, RopeSpecChangesBetweenCalls) {
   }
 }
 
-template <class F>
-void expect_shape_error(F&& f, const std::string& text) {
-  try {
-    f();
-    ADD_FAILURE() << "expected ShapeError mentioning '" << text << "'";
-  } catch (const ShapeError& e) {
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-  }
-}
-
 TEST(Decode, BadInputsNameTheArgument) {
   const AttentionShape sh{64, 4, 2, 16};
   KVCache<float> kv(sh, 8);
@@ -377,69 +368,78 @@ TEST(Decode, BadInputsNameTheArgument) {
   RowMatrix<float> U(4, 32);
   DecodeOptions opt;
   // empty caches
-  expect_shape_error([&] { kernel::decode_vanilla<float>(q, kv, sh, opt, out); }, "cache size");
-  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, opt, U); },
-                     "cache size");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_vanilla<float>(q, kv, sh, opt, out); }, "cache size");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_keys<float>(q, keys, sh, opt, U); }, "cache size");
   kv.append(RowMatrix<float>::Ones(3, 32), RowMatrix<float>::Ones(3, 32));
   keys.append(RowMatrix<float>::Ones(3, 32));
   // vanilla
-  expect_shape_error(
+  test::expect_error_containing<ShapeError>(
       [&] { kernel::decode_vanilla<float>(RowVector<float>::Ones(63), kv, sh, opt, out); },
       "q.cols() (= heads*head_dim) expected 64, got 63");
   RowVector<float> short_out(32);
-  expect_shape_error([&] { kernel::decode_vanilla<float>(q, kv, sh, opt, short_out); },
-                     "out.cols() (= heads*head_dim) expected 64, got 32");
-  expect_shape_error(
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_vanilla<float>(q, kv, sh, opt, short_out); },
+      "out.cols() (= heads*head_dim) expected 64, got 32");
+  test::expect_error_containing<ShapeError>(
       [&] {
         kernel::decode_vanilla<float>(q, kv, AttentionShape{64, 4, 4, 16}, opt, out);
       },
       "cache.shape()");
-  expect_shape_error(
+  test::expect_error_containing<ShapeError>(
       [&] {
         kernel::decode_vanilla<float>(q, kv, AttentionShape{64, 4, 3, 16}, opt, out);
       },
       "shape.kv_heads");
   DecodeOptions rot;
   rot.rotation = KeyRotation::rotate_on_read;
-  expect_shape_error([&] { kernel::decode_vanilla<float>(q, kv, sh, rot, out); }, "opt.rotation");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_vanilla<float>(q, kv, sh, rot, out); }, "opt.rotation");
   // weighted keys
-  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, rot, U); },
-                     "opt.rope expected a RopeSpec");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_keys<float>(q, keys, sh, rot, U); },
+      "opt.rope expected a RopeSpec");
   RopeSpec odd = RopeSpec::full(16, RopeLayout::interleaved);
   odd.rotary_dim = 7;
   rot.rope = &odd;
-  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, rot, U); },
-                     "rope.rotary_dim");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_keys<float>(q, keys, sh, rot, U); }, "rope.rotary_dim");
   RowMatrix<float> badU(4, 31);
-  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, opt, badU); },
-                     "U expected 4x32, got 4x31");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_keys<float>(q, keys, sh, opt, badU); },
+      "U expected 4x32, got 4x31");
   RowCache<float> narrow(16, 4);
   narrow.append(RowMatrix<float>::Ones(1, 16));
   RowMatrix<float> U16(4, 16);
-  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, narrow, sh, opt, U16); },
-                     "keys.width() expected >= kv_width=32, got 16");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_keys<float>(q, narrow, sh, opt, U16); },
+      "keys.width() expected >= kv_width=32, got 16");
   DecodeOptions neg;
   neg.tile = -1;
-  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, neg, U); },
-                     "opt.tile expected >= 0, got -1");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_keys<float>(q, keys, sh, neg, U); },
+      "opt.tile expected >= 0, got -1");
   neg.tile = 0;
   neg.threads = -2;
-  expect_shape_error([&] { kernel::decode_weighted_keys<float>(q, keys, sh, neg, U); },
-                     "opt.threads expected >= 0, got -2");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_keys<float>(q, keys, sh, neg, U); },
+      "opt.threads expected >= 0, got -2");
   // weighted rows
   const RowMatrix<float> Qt = RowMatrix<float>::Ones(4, 32);
-  expect_shape_error([&] { kernel::decode_weighted_rows<float>(Qt, keys, opt, U); },
-                     "opt.scale expected nonzero");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_rows<float>(Qt, keys, opt, U); }, "opt.scale expected nonzero");
   DecodeOptions one;
   one.scale = 1;
-  expect_shape_error(
+  test::expect_error_containing<ShapeError>(
       [&] { kernel::decode_weighted_rows<float>(RowMatrix<float>::Ones(4, 30), keys, one, U); },
       "Qt.cols() (= rows.width()) expected 32, got 30");
-  expect_shape_error([&] { kernel::decode_weighted_rows<float>(Qt, keys, one, badU); },
-                     "U expected 4x32, got 4x31");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_rows<float>(Qt, keys, one, badU); },
+      "U expected 4x32, got 4x31");
   one.rotation = KeyRotation::unrotate_on_read;
-  expect_shape_error([&] { kernel::decode_weighted_rows<float>(Qt, keys, one, U); },
-                     "opt.rotation");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_weighted_rows<float>(Qt, keys, one, U); }, "opt.rotation");
 }
 
 }  // namespace

@@ -307,7 +307,7 @@ class EncDecDecoder {
         break;
       case rewrite::CrossForm::keys:
         for (Index l = 0; l < p_.config.layers; ++l) {
-          K.noalias() = Ea * layer(l).cross_keys.wk;
+          detail::linear_rows(Ea, layer(l).cross_keys.wk, RowVector<A>(), K, threads_);
           st.cross_keys[static_cast<size_t>(l)].assign(K);
         }
         break;
@@ -315,7 +315,7 @@ class EncDecDecoder {
         st.encoder[0].assign(E);  // straight to T: E is the cache, no float detour
         break;
       case rewrite::CrossForm::hybrid:
-        K.noalias() = Ea * layer(0).cross_keys.wk;
+        detail::linear_rows(Ea, layer(0).cross_keys.wk, RowVector<A>(), K, threads_);
         st.basis[0].assign(K);
         break;
     }
