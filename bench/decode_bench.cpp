@@ -6,11 +6,14 @@
 //   vanilla  bytes 2 n e sizeof(T)                        flops 4 n h dk (scores, P V)
 //   slim     bytes n d sizeof(T) + d d 4 (float W_KV)     flops 2 n h dk (scores) + 2 h n d (S K)
 //                                                               + 2 h d dk (U_i W_KV,i)
+//   decode/paired/<type>/h:<h>/dk:128/n:<n>/threads:2  both in every iteration, alternating;
+//     counters slim_over_vanilla (median of per-iteration ratios), slim_ms, vanilla_ms
 // Caches are filled once; when one cache is smaller than 64 MB, several copies are cycled so each
 // iteration reads memory that is not in the last-level cache (cold-ish, as in a real model where
 // the other layers' caches evict this one).
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -44,54 +47,74 @@ int copies_for(double bytes) {
   return static_cast<int>(std::min(16.0, std::max(1.0, std::ceil(kColdBytes / bytes))));
 }
 
+/// Vanilla decode: KV caches (cycled copies), the query and the output.
 template <class T>
-void bm_vanilla(benchmark::State& state, Index h, Index dk, Index n, int threads) {
-  const AttentionShape sh{h * dk, h, h, dk};
-  const Index e = sh.kv_width();
-  const double cache_bytes = 2.0 * static_cast<double>(n * e) * sizeof(T);
+struct VanillaStep {
+  AttentionShape sh;
+  double cache_bytes, flops;
   std::vector<std::unique_ptr<KVCache<T>>> caches;
-  for (int c = 0, nc = copies_for(cache_bytes); c < nc; ++c) {
-    caches.push_back(std::make_unique<KVCache<T>>(sh, n));
-    fill(caches.back()->keys().extend(n).data(), n * e, 2 * c + 1);
-    fill(caches.back()->values().extend(n).data(), n * e, 2 * c + 2);
-  }
-  RowVector<float> q(sh.q_width()), out(sh.q_width());
-  fill(q.data(), q.size(), 99);
+  RowVector<float> q, out;
   kernel::DecodeOptions opt;
-  opt.threads = threads;
-  size_t it = 0;
-  for (auto _ : state) {
-    kernel::decode_vanilla<T>(q, *caches[it++ % caches.size()], sh, opt, out);
+  size_t next = 0;
+  VanillaStep(Index h, Index dk, Index n, int threads)
+      : sh{h * dk, h, h, dk},
+        cache_bytes(2.0 * static_cast<double>(n * sh.kv_width()) * sizeof(T)),
+        flops(4.0 * static_cast<double>(n * h * dk)),
+        q(sh.q_width()),
+        out(sh.q_width()) {
+    const Index e = sh.kv_width();
+    for (int c = 0, nc = copies_for(cache_bytes); c < nc; ++c) {
+      caches.push_back(std::make_unique<KVCache<T>>(sh, n));
+      fill(caches.back()->keys().extend(n).data(), n * e, 2 * c + 1);
+      fill(caches.back()->values().extend(n).data(), n * e, 2 * c + 2);
+    }
+    fill(q.data(), q.size(), 99);
+    opt.threads = threads;
+  }
+  double bytes() const { return cache_bytes; }
+  void run() {
+    kernel::decode_vanilla<T>(q, *caches[next++ % caches.size()], sh, opt, out);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  const double flops = 4.0 * static_cast<double>(n * h * dk);
-  bench::report(state, cache_bytes, flops, threads);
-  state.counters["cache_bytes"] = static_cast<double>(caches[0]->bytes());
-}
+};
 
+/// Slim decode: K caches (cycled copies), W_KV at float working precision (d x d, head i =
+/// columns i*dk..), U and the output.
 template <class T>
-void bm_slim(benchmark::State& state, Index h, Index dk, Index n, int threads) {
-  const AttentionShape sh{h * dk, h, h, dk};
-  const Index d = sh.d;
-  const double cache_bytes = static_cast<double>(n * d) * sizeof(T);
+struct SlimStep {
+  AttentionShape sh;
+  double cache_bytes, flops;
   std::vector<std::unique_ptr<RowCache<T>>> caches;
-  for (int c = 0, nc = copies_for(cache_bytes); c < nc; ++c) {
-    caches.push_back(std::make_unique<RowCache<T>>(d, n));
-    fill(caches.back()->extend(n).data(), n * d, 2 * c + 1);
-  }
-  RowMatrix<float> wkv(d, d);  // W_KV at float working precision (d x d, head i = columns i*dk..)
-  fill(wkv.data(), wkv.size(), 77);
-  wkv /= static_cast<float>(std::sqrt(static_cast<double>(d)));
-  RowVector<float> q(sh.q_width()), out(sh.q_width());
-  fill(q.data(), q.size(), 99);
-  RowMatrix<float> U(h, d);
+  RowMatrix<float> wkv, U;
+  RowVector<float> q, out;
   kernel::DecodeOptions opt;
-  opt.threads = threads;
-  const int nt = threads > 0 ? threads : bench::max_threads();
-  size_t it = 0;
-  for (auto _ : state) {
-    kernel::decode_weighted_keys<T>(q, *caches[it++ % caches.size()], sh, opt, U);
+  int nt;
+  size_t next = 0;
+  SlimStep(Index h, Index dk, Index n, int threads)
+      : sh{h * dk, h, h, dk},
+        cache_bytes(static_cast<double>(n * sh.d) * sizeof(T)),
+        flops(2.0 * static_cast<double>(n * h * dk) + 2.0 * static_cast<double>(h * n * sh.d) +
+              2.0 * static_cast<double>(h * sh.d * dk)),
+        wkv(sh.d, sh.d),
+        U(h, sh.d),
+        q(sh.q_width()),
+        out(sh.q_width()),
+        nt(threads > 0 ? threads : bench::max_threads()) {
+    const Index d = sh.d;
+    for (int c = 0, nc = copies_for(cache_bytes); c < nc; ++c) {
+      caches.push_back(std::make_unique<RowCache<T>>(d, n));
+      fill(caches.back()->extend(n).data(), n * d, 2 * c + 1);
+    }
+    fill(wkv.data(), wkv.size(), 77);
+    wkv /= static_cast<float>(std::sqrt(static_cast<double>(d)));
+    fill(q.data(), q.size(), 99);
+    opt.threads = threads;
+  }
+  double bytes() const { return cache_bytes + static_cast<double>(sh.d * sh.d) * sizeof(float); }
+  void run() {
+    const Index h = sh.heads, dk = sh.head_dim, d = sh.d;
+    kernel::decode_weighted_keys<T>(q, *caches[next++ % caches.size()], sh, opt, U);
     // head_i = U_i W_KV,i: h GEMVs (d x dk each) reading W_KV once. Split over the threads only
     // when W_KV is large (> 8 MB): below that a second parallel region costs more than it saves.
 #ifdef _OPENMP
@@ -99,15 +122,34 @@ void bm_slim(benchmark::State& state, Index h, Index dk, Index n, int threads) {
 #endif
     for (Index i = 0; i < h; ++i)
       out.segment(i * dk, dk).noalias() = U.row(i) * wkv.middleCols(i * dk, dk);
+    (void)d;
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  (void)nt;
-  const double flops = 2.0 * static_cast<double>(n * h * dk) +
-                       2.0 * static_cast<double>(h * n * d) + 2.0 * static_cast<double>(h * d * dk);
-  const double bytes = cache_bytes + static_cast<double>(d * d) * sizeof(float);
-  bench::report(state, bytes, flops, threads);
-  state.counters["cache_bytes"] = static_cast<double>(caches[0]->bytes());
+};
+
+template <class Step>
+void bm_step(benchmark::State& state, Step& step, int threads) {
+  for (auto _ : state) step.run();
+  bench::report(state, step.bytes(), step.flops, threads);
+  state.counters["cache_bytes"] = static_cast<double>(step.caches[0]->bytes());
+}
+
+/// Both kernels back to back in every iteration (bench::run_paired): the counter
+/// slim_over_vanilla cancels this VM's bandwidth drift, which moves the separate runs' medians by
+/// 10-30 % between repetitions.
+template <class T>
+void bm_paired(benchmark::State& state, Index h, Index dk, Index n, int threads) {
+  VanillaStep<T> van(h, dk, n, threads);
+  SlimStep<T> slim(h, dk, n, threads);
+  van.run();  // first touch of the outputs and the per-thread scratch
+  slim.run();
+  const bench::PairedMedians m = bench::run_paired(
+      state, [&] { van.run(); }, [&] { slim.run(); });
+  bench::report(state, van.bytes() + slim.bytes(), van.flops + slim.flops, threads);
+  state.counters["slim_over_vanilla"] = m.b_over_a;
+  state.counters["slim_ms"] = 1e3 * m.b_seconds;
+  state.counters["vanilla_ms"] = 1e3 * m.a_seconds;
 }
 
 template <class T>
@@ -120,16 +162,33 @@ void register_type() {
               std::pair<const char*, long long>{"h", h}, {"dk", dk}, {"n", n}, {"threads", t}};
           benchmark::RegisterBenchmark(
               bench::name("decode", "vanilla", type_name<T>(), keys).c_str(),
-              [=](benchmark::State& s) { bm_vanilla<T>(s, h, dk, n, t); })
+              [=](benchmark::State& s) {
+                VanillaStep<T> step(h, dk, n, t);
+                bm_step(s, step, t);
+              })
               ->UseRealTime()
               ->MinTime(0.15)
               ->Unit(benchmark::kMillisecond);
           benchmark::RegisterBenchmark(bench::name("decode", "slim", type_name<T>(), keys).c_str(),
-                                       [=](benchmark::State& s) { bm_slim<T>(s, h, dk, n, t); })
+                                       [=](benchmark::State& s) {
+                                         SlimStep<T> step(h, dk, n, t);
+                                         bm_step(s, step, t);
+                                       })
               ->UseRealTime()
               ->MinTime(0.15)
               ->Unit(benchmark::kMillisecond);
         }
+  // The headline pairs (issue 3's table): n 4096 and 16384, head_dim 128, 2 threads.
+  for (Index h : {4, 8, 16, 32})
+    for (Index n : {4096, 16384}) {
+      const auto keys = {
+          std::pair<const char*, long long>{"h", h}, {"dk", 128}, {"n", n}, {"threads", 2}};
+      benchmark::RegisterBenchmark(bench::name("decode", "paired", type_name<T>(), keys).c_str(),
+                                   [=](benchmark::State& s) { bm_paired<T>(s, h, 128, n, 2); })
+          ->UseManualTime()
+          ->MinTime(0.5)
+          ->Unit(benchmark::kMillisecond);
+    }
 }
 
 const bool registered = [] {

@@ -12,7 +12,6 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -85,38 +84,22 @@ void bm_linear(benchmark::State& state, bool fused, Index d, Index k, Index b) {
 
 template <class T>
 void bm_paired(benchmark::State& state, Index d, Index k, Index b) {
-  using clock = std::chrono::steady_clock;
   Setup<T> s(d, k, b);
   size_t next = 0;
-  bool fused_first = true;
-  std::vector<double> ratios, fused_t, unfused_t;
-  for (auto _ : state) {
-    double t[2] = {0, 0};  // [unfused, fused]
-    for (int half = 0; half < 2; ++half) {
-      const bool fused = (half == 0) == fused_first;
-      const RowMatrix<T>& w = s.w[next];
-      next = (next + 1) % s.w.size();
-      const auto t0 = clock::now();
-      run_once(s, w, fused);
-      t[fused] = std::chrono::duration<double>(clock::now() - t0).count();
-    }
-    fused_first = !fused_first;
-    state.SetIterationTime(t[0] + t[1]);
-    ratios.push_back(t[1] / t[0]);
-    fused_t.push_back(t[1]);
-    unfused_t.push_back(t[0]);
-  }
-  auto median = [](std::vector<double>& v) {
-    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-    return v[v.size() / 2];
+  auto once = [&](bool fused) {
+    const RowMatrix<T>& w = s.w[next];
+    next = (next + 1) % s.w.size();
+    run_once(s, w, fused);
   };
+  const bench::PairedMedians m = bench::run_paired(
+      state, [&] { once(false); }, [&] { once(true); });
   const double bytes =
       static_cast<double>(d * k) * sizeof(T) + static_cast<double>(b * (d + k)) * 4;
   const double flops = 2.0 * static_cast<double>(b * d * k);
   bench::report(state, 2 * bytes, 2 * flops, bench::max_threads());  // both products
-  state.counters["fused_over_unfused"] = median(ratios);
-  state.counters["fused_ms"] = 1e3 * median(fused_t);
-  state.counters["unfused_ms"] = 1e3 * median(unfused_t);
+  state.counters["fused_over_unfused"] = m.b_over_a;
+  state.counters["fused_ms"] = 1e3 * m.b_seconds;
+  state.counters["unfused_ms"] = 1e3 * m.a_seconds;
 }
 
 template <class T>

@@ -7,7 +7,10 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
 #include <string>
+#include <vector>
 
 namespace ttx::bench {
 
@@ -29,5 +32,43 @@ void report(benchmark::State& state, double bytes, double flops, int threads);
 /// "a/b/c" style name builder: name("decode", "vanilla", "f32", {{"h",32},{"n",4096}}).
 std::string name(const std::string& what, const std::string& variant, const std::string& type,
                  std::initializer_list<std::pair<const char*, long long>> keys);
+
+/// Medians of a paired run: b's time over a's (per iteration), and each one's seconds.
+struct PairedMedians {
+  double b_over_a = 0, a_seconds = 0, b_seconds = 0;
+};
+
+/// Runs a() and b() back to back in every iteration, the order swapped each time, and sets the
+/// iteration time to their sum (register with ->UseManualTime()). This VM's bandwidth drifts
+/// within seconds; pairs measured microseconds apart cancel most of that drift.
+template <class A, class B>
+PairedMedians run_paired(benchmark::State& state, A&& a, B&& b) {
+  using clock = std::chrono::steady_clock;
+  bool b_first = true;
+  std::vector<double> ratios, ta, tb;
+  for (auto _ : state) {
+    double t[2] = {0, 0};  // [a, b]
+    for (int half = 0; half < 2; ++half) {
+      const bool is_b = (half == 0) == b_first;
+      const auto t0 = clock::now();
+      if (is_b)
+        b();
+      else
+        a();
+      t[is_b] = std::chrono::duration<double>(clock::now() - t0).count();
+    }
+    b_first = !b_first;
+    state.SetIterationTime(t[0] + t[1]);
+    ratios.push_back(t[1] / t[0]);
+    ta.push_back(t[0]);
+    tb.push_back(t[1]);
+  }
+  auto median = [](std::vector<double>& v) {
+    if (v.empty()) return 0.0;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  return {median(ratios), median(ta), median(tb)};
+}
 
 }  // namespace ttx::bench

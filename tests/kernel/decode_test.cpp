@@ -277,9 +277,9 @@ TYPED_TEST(DecodeTyped, WeightedKeysWideCacheTilesAndThreads) {
 
 TYPED_TEST(DecodeTyped, WeightedRowsMatchesFormula) {
   test::Rng rng(31);
-  for (Index w : {Index(64), Index(33), Index(160)})
+  for (Index w : {Index(64), Index(33), Index(68), Index(160)})
     for (Index n : kSizes)
-      for (Index h : {Index(1), Index(5)})
+      for (Index h : {Index(1), Index(5), Index(7), Index(8)})
         for (int threads : {1, 2}) {
           SCOPED_TRACE(testing::Message() << type_name<TypeParam>() << " w=" << w << " n=" << n
                                           << " h=" << h << " threads=" << threads);
