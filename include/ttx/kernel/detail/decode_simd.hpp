@@ -347,8 +347,8 @@ inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T
   // vectors) reads each key row of the tile once instead of twice (4 + 4 rows over 64 columns;
   // a 64-column slab of 4 KB-strided rows does not stay in L1 for the second block). Measured,
   // same process, f32 n 16384 dk 128 2 threads: h 8 2.1-2.3 -> 1.7-1.9 ms (0.79-0.84x), dk 64
-  // 0.90x, h 7 0.93x; as 2 or 4 such blocks at h 16 / 32 only 0.95-0.98x, and for bfloat16 and
-  // half keys not faster than their 64-column kernels, so only here.
+  // 0.90x, h 7 0.82x (dk 64: 0.93x); as 2 or 4 such blocks at h 16 / 32 only 0.95-0.98x, and for
+  // bfloat16 and half keys not faster than their 64-column kernels, so only here.
   if constexpr (std::is_same_v<T, float>) {
     if (rows == 8) return micro_cols48<8>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
     if (rows == 7) return micro_cols48<7>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
@@ -357,8 +357,9 @@ inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T
   // possible: h = 10 runs as 5 + 5 rather than 6 + 4.
   const Index blocks = (rows + 5) / 6;
   if (blocks == 1) return micro_rows(rows, P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
-  // Several row blocks: 64-column slabs outermost, so every block after the first finds the slab
-  // (B x 64 keys) in L1 instead of re-reading the whole tile from L2 (measured 3-4% at h = 8).
+  // Several row blocks: 64-column slabs outermost, so every block after the first re-reads a
+  // recent slab (B x 64 keys, in L1 when the row stride does not alias, else in L2) instead of the
+  // whole tile (measured 3-4% at h = 8 before the 8-row kernel above).
   for (Index c = 0; c < cols; c += 64) {
     const Index cw = std::min<Index>(64, cols - c);
     for (Index blk = 0, i = 0; blk < blocks; ++blk) {
