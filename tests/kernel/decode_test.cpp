@@ -239,6 +239,10 @@ TYPED_TEST(DecodeTyped, VanillaTilesThreadsAndLargeScores) {
     vanilla_case<TypeParam>({8, 2, 64}, 1000, true, tile, threads, 1.0, rng);
   // Scores spread over tens of units: the running max changes from tile to tile.
   vanilla_case<TypeParam>({4, 4, 64}, 1000, false, 64, 2, 8.0, rng);
+  // Seven or eight heads per group (MQA, GQA): float keys take the 8-row kernel. head_dim 24 and
+  // 40 are all tail (2 and 3 vectors, the last partial), 64 one 48-column slab and one vector.
+  for (Shape s : {Shape{8, 1, 24}, Shape{7, 1, 40}, Shape{16, 2, 64}})
+    for (Index n : {Index(7), Index(300)}) vanilla_case<TypeParam>(s, n, n == 300, 0, 2, 1.0, rng);
 }
 
 TYPED_TEST(DecodeTyped, WeightedKeysMatchesFormula) {
