@@ -113,16 +113,16 @@ struct SlimStep {
   }
   double bytes() const { return cache_bytes + static_cast<double>(sh.d * sh.d) * sizeof(float); }
   void run() {
-    const Index h = sh.heads, dk = sh.head_dim, d = sh.d;
+    const Index h = sh.heads, dk = sh.head_dim;
     kernel::decode_weighted_keys<T>(q, *caches[next++ % caches.size()], sh, opt, U);
     // head_i = U_i W_KV,i: h GEMVs (d x dk each) reading W_KV once. Split over the threads only
     // when W_KV is large (> 8 MB): below that a second parallel region costs more than it saves.
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && d * d > (Index(2) << 20))
+#pragma omp parallel for num_threads(nt) \
+    schedule(static) if (nt > 1 && sh.d * sh.d > (Index(2) << 20))
 #endif
     for (Index i = 0; i < h; ++i)
       out.segment(i * dk, dk).noalias() = U.row(i) * wkv.middleCols(i * dk, dk);
-    (void)d;
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }

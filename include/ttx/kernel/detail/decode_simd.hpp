@@ -269,10 +269,10 @@ inline void micro_bf16x64(const float* P, Index ldp, Index B, const bf16* K, Ind
   }
 }
 
-/// micro<MR, NV> over the last `rest` columns (1 <= NV <= 4 vectors, the last one masked).
-/// Prefetch addresses step by whole cache lines from the first column, so they stay within the
-/// row even when the last vector is partial.
-template <int MR, class T>
+/// micro<MR, NV> over the last `rest` columns (1 <= NV <= MaxNV <= 4 vectors, the last one
+/// masked; rest <= 16 MaxNV). Prefetch addresses step by whole cache lines from the first column,
+/// so they stay within the row even when the last vector is partial.
+template <int MR, int MaxNV, class T>
 inline void micro_rest(const float* P, Index ldp, Index B, const T* K, Index ldk, Index rest,
                        float* C, Index ldc, const float* alpha, const T* p0, const T* p1) {
   if (rest <= 0) return;
@@ -285,8 +285,8 @@ inline void micro_rest(const float* P, Index ldp, Index B, const T* K, Index ldk
       return micro<MR, 2>(P, ldp, B, K, ldk, C, ldc, alpha, last, p0, p1);
     case 3:
       return micro<MR, 3>(P, ldp, B, K, ldk, C, ldc, alpha, last, p0, p1);
-    default:
-      return micro<MR, 4>(P, ldp, B, K, ldk, C, ldc, alpha, last, p0, p1);
+    default:  // nv == 4; the 48-column kernel's tail never gets here, nor instantiates micro<MR, 4>
+      if constexpr (MaxNV == 4) return micro<MR, 4>(P, ldp, B, K, ldk, C, ldc, alpha, last, p0, p1);
   }
 }
 
@@ -302,7 +302,7 @@ inline void micro_cols(const float* P, Index ldp, Index B, const T* K, Index ldk
       micro<MR, 4, T, true>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, __mmask16(0xFFFF), at(pf0, c),
                             at(pf1, c));
   }
-  micro_rest<MR>(P, ldp, B, K + c, ldk, cols - c, C + c, ldc, alpha, at(pf0, c), at(pf1, c));
+  micro_rest<MR, 4>(P, ldp, B, K + c, ldk, cols - c, C + c, ldc, alpha, at(pf0, c), at(pf1, c));
 }
 
 /// micro<MR, 3> over 48-column slabs, then the fewer than 48 columns left.
@@ -314,7 +314,7 @@ inline void micro_cols48(const float* P, Index ldp, Index B, const T* K, Index l
   for (; c + 48 <= cols; c += 48)
     micro<MR, 3, T, true>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, __mmask16(0xFFFF), at(pf0, c),
                           at(pf1, c));
-  micro_rest<MR>(P, ldp, B, K + c, ldk, cols - c, C + c, ldc, alpha, at(pf0, c), at(pf1, c));
+  micro_rest<MR, 3>(P, ldp, B, K + c, ldk, cols - c, C + c, ldc, alpha, at(pf0, c), at(pf1, c));
 }
 
 template <class T>
