@@ -243,6 +243,14 @@ TYPED_TEST(DecodeTyped, VanillaTilesThreadsAndLargeScores) {
   // 40 are all tail (2 and 3 vectors, the last partial), 64 one 48-column slab and one vector.
   for (Shape s : {Shape{8, 1, 24}, Shape{7, 1, 40}, Shape{16, 2, 64}})
     for (Index n : {Index(7), Index(300)}) vanilla_case<TypeParam>(s, n, n == 300, 0, 2, 1.0, rng);
+  // One head per group (MHA) runs heads in blocks of four over 64-column slabs: 5 and 7 heads
+  // leave blocks of one and three, head_dim 80 and 200 leave 16 and 8 columns past the last slab,
+  // 33 is narrower than one slab. Tile 13 on one thread spreads the next-tile prefetch over odd
+  // strides; 2 threads with the automatic tile leave each a partial last tile. (The bias masks all
+  // of head 0, so the unbiased run is the one that checks head 0's columns.)
+  for (Shape s : {Shape{5, 5, 80}, Shape{7, 7, 200}, Shape{3, 3, 33}})
+    for (auto [tile, threads] : {std::pair<Index, int>{0, 2}, {13, 1}})
+      vanilla_case<TypeParam>(s, 300, tile == 13, tile, threads, 1.0, rng);
 }
 
 TYPED_TEST(DecodeTyped, WeightedKeysMatchesFormula) {

@@ -175,10 +175,14 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
       sc.alpha[static_cast<size_t>(i)] = alpha;
     }
     const float* alpha = sc.alpha.data();
-    // While this tile's product runs, the next (full) tile is prefetched into L2 slab by slab.
+    // While this tile's product runs, the next (full) tile is prefetched into L2: slab by slab,
+    // or for MHA in address order (the heads' slices of a row are far apart there).
     const bool next_full = j0 + 2 * B <= hi;
     const T* Kn = next_full ? Kt + B * ldk : nullptr;
-    if (s.per_group) {
+    if (s.per_group && s.hg == 1) {  // MHA: every head has its own key and value segment
+      tile_product_heads(S, ldS, h, b, V + j0 * ldv, ldv, s.L, C, oc, alpha,
+                         next_full ? V + (j0 + B) * ldv : nullptr, Kn && ldk == ldv ? Kn : nullptr);
+    } else if (s.per_group) {
       const T* Vn = next_full ? V + (j0 + B) * ldv : nullptr;
       for (Index g = 0; g < s.groups; ++g)
         tile_product(S + g * s.hg * ldS, ldS, s.hg, b, V + j0 * ldv + g * s.L, ldv, s.L,
