@@ -452,10 +452,10 @@ inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T
 }
 
 /// One head per key segment (vanilla MHA): head i's row C_i (C + i * ldc, L values) = alpha_i C_i +
-/// P_i (1 x B) * K[:, i * L, (i + 1) * L). next0/next1 (may be null): the next tile's B rows of
+/// P_i (1 x B) * K[:, [i * L, (i + 1) * L)). next0/next1 (may be null): the next tile's B rows of
 /// ldk values each, contiguous, prefetched into L2 in address order, spread evenly over the
 /// kernel calls. Measured against the per-head tile_product with its slab-order prefetch (same
-/// process, n 16384, dk 128, 2 threads): bfloat16 h 8-32 0.78-0.85x the time, float 0.90-0.95x;
+/// process, n 16384, dk 128, 2 threads): bfloat16 h 8-32 0.78-0.85x the time, float 0.90-0.97x;
 /// the kernel then reads at 0.9 of a plain sequential read of the same cache. Heads run in
 /// blocks of four (16 independent accumulator chains).
 template <class T>
