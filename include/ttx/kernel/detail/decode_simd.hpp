@@ -457,7 +457,7 @@ inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T
 /// ldk values each, contiguous, prefetched into L2 in address order, spread evenly over the
 /// kernel calls. Measured against the per-head tile_product with its slab-order prefetch (same
 /// process, n 16384, dk 128, 2 threads): bfloat16 h 8-32 0.78-0.85x the time, float 0.90-0.97x;
-/// the kernel then reads at 0.9 of a plain sequential read of the same cache. Heads run in
+/// the kernel then reads at 0.8-1.0 of a plain sequential read's rate. Heads run in
 /// blocks of four (16 independent accumulator chains).
 template <class T>
 inline void tile_product_heads(const float* P, Index ldp, Index heads, Index B, const T* K,
