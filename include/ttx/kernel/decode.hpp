@@ -179,11 +179,11 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
     // or for MHA in address order (the heads' slices of a row are far apart there).
     const bool next_full = j0 + 2 * B <= hi;
     const T* Kn = next_full ? Kt + B * ldk : nullptr;
+    const T* Vn = next_full && s.per_group ? V + (j0 + B) * ldv : nullptr;
     if (s.per_group && s.hg == 1) {  // MHA: every head has its own key and value segment
-      tile_product_heads(S, ldS, h, b, V + j0 * ldv, ldv, s.L, C, oc, alpha,
-                         next_full ? V + (j0 + B) * ldv : nullptr, Kn && ldk == ldv ? Kn : nullptr);
+      tile_product_heads(S, ldS, h, b, V + j0 * ldv, ldv, s.L, C, oc, alpha, Vn,
+                         Kn && ldk == ldv ? Kn : nullptr);
     } else if (s.per_group) {
-      const T* Vn = next_full ? V + (j0 + B) * ldv : nullptr;
       for (Index g = 0; g < s.groups; ++g)
         tile_product(S + g * s.hg * ldS, ldS, s.hg, b, V + j0 * ldv + g * s.L, ldv, s.L,
                      C + g * s.hg * oc, oc, alpha + g * s.hg, Vn ? Vn + g * s.L : Vn,

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "ttx/core/types.hpp"
 
@@ -101,25 +102,30 @@ inline void dots_block(const float* q, Index q_ld, const T* k, Index L, float* o
   for (int t = 0; t < G; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]);
 }
 
+/// f(std::integral_constant<int, G>{}) with G = min(4, count), count >= 1: the kernels below
+/// work on blocks of up to four heads, with the block size a compile-time constant.
+template <class F>
+inline void with_block_of_4(Index count, F&& f) {
+  switch (std::min<Index>(4, count)) {
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    case 3:
+      return f(std::integral_constant<int, 3>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    default:
+      return f(std::integral_constant<int, 1>{});
+  }
+}
+
 /// Dots of `hg` query heads (q + t*q_ld, each L long) with one key segment k (L values).
 template <class T>
 inline void group_dots(const float* q, Index q_ld, Index hg, const T* k, Index L, float* out,
                        Index os) {
-  Index t = 0;
-  for (; t + 4 <= hg; t += 4) dots_block<4>(q + t * q_ld, q_ld, k, L, out + t * os, os);
-  switch (hg - t) {
-    case 3:
-      dots_block<3>(q + t * q_ld, q_ld, k, L, out + t * os, os);
-      break;
-    case 2:
-      dots_block<2>(q + t * q_ld, q_ld, k, L, out + t * os, os);
-      break;
-    case 1:
-      dots_block<1>(q + t * q_ld, q_ld, k, L, out + t * os, os);
-      break;
-    default:
-      break;
-  }
+  for (Index t = 0; t < hg; t += 4)
+    with_block_of_4(hg - t, [&](auto G) {
+      dots_block<decltype(G)::value>(q + t * q_ld, q_ld, k, L, out + t * os, os);
+    });
 }
 
 /// The four horizontal sums of a, b, c, d (16 lanes each), in that order: a shuffle tree that
@@ -189,23 +195,10 @@ inline void tile_scores(const float* q, Index q_ld, Index groups, Index hg, cons
     for (; jj + 4 <= b; jj += 4) {
       const T* k0 = rows + jj * ld + g * L;
       const T* const k[4] = {k0, k0 + ld, k0 + 2 * ld, k0 + 3 * ld};
-      for (Index t = 0; t < hg; t += 4) {
-        const float* qt = qg + t * q_ld;
-        float* St = Sg + t * ldS + jj;
-        switch (std::min<Index>(4, hg - t)) {
-          case 4:
-            dots_4keys<4>(qt, q_ld, k, L, tail, St, ldS);
-            break;
-          case 3:
-            dots_4keys<3>(qt, q_ld, k, L, tail, St, ldS);
-            break;
-          case 2:
-            dots_4keys<2>(qt, q_ld, k, L, tail, St, ldS);
-            break;
-          default:
-            dots_4keys<1>(qt, q_ld, k, L, tail, St, ldS);
-        }
-      }
+      for (Index t = 0; t < hg; t += 4)
+        with_block_of_4(hg - t, [&](auto G) {
+          dots_4keys<decltype(G)::value>(qg + t * q_ld, q_ld, k, L, tail, Sg + t * ldS + jj, ldS);
+        });
     }
     for (; jj < b; ++jj) group_dots(qg, q_ld, hg, rows + jj * ld + g * L, L, Sg + jj, ldS);
   }
@@ -483,22 +476,10 @@ inline void tile_product_heads(const float* P, Index ldp, Index heads, Index B, 
       const Index len = call + 1 == calls ? region - off : (call + 1) * per_call / 64 * 64 - off;
       const char* p0 = n0 ? n0 + off : n0;
       const char* p1 = n1 ? n1 + off : n1;
-      const float* Pi = P + i * ldp;
-      const T* Ki = K + i * L + c;
-      float* Ci = C + i * ldc + c;
-      switch (std::min<Index>(4, heads - i)) {
-        case 4:
-          micro_heads64<4>(Pi, ldp, B, Ki, ldk, L, Ci, ldc, alpha + i, p0, p1, step, len);
-          break;
-        case 3:
-          micro_heads64<3>(Pi, ldp, B, Ki, ldk, L, Ci, ldc, alpha + i, p0, p1, step, len);
-          break;
-        case 2:
-          micro_heads64<2>(Pi, ldp, B, Ki, ldk, L, Ci, ldc, alpha + i, p0, p1, step, len);
-          break;
-        default:
-          micro_heads64<1>(Pi, ldp, B, Ki, ldk, L, Ci, ldc, alpha + i, p0, p1, step, len);
-      }
+      with_block_of_4(heads - i, [&](auto G) {
+        micro_heads64<decltype(G)::value>(P + i * ldp, ldp, B, K + i * L + c, ldk, L,
+                                          C + i * ldc + c, ldc, alpha + i, p0, p1, step, len);
+      });
     }
   for (Index i = 0; full < L && i < heads; ++i)  // columns past the last slab (already prefetched)
     tile_product(P + i * ldp, ldp, 1, B, K + i * L + full, ldk, L - full, C + i * ldc + full, ldc,
