@@ -26,8 +26,6 @@ using kernel::KeyRotation;
 
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
 const char* rotation_name(KeyRotation r) {
   return r == KeyRotation::none ? "none"
                                 : (r == KeyRotation::rotate_on_read ? "rotate" : "unrotate");

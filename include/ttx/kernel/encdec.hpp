@@ -529,8 +529,8 @@ class EncDecDecoder {
   /// f must not throw (its arguments are checked before).
   template <class F>
   void for_each_sequence(Index B, F&& f) const {
-    const int threads = detail::resolve_threads(threads_);
 #ifdef _OPENMP
+    const int threads = detail::resolve_threads(threads_);
     if (B > 1 && threads > 1) {
       const int team = static_cast<int>(std::min<Index>(threads, B));
 #pragma omp parallel num_threads(team)

@@ -996,7 +996,10 @@ PrecisionCertificate certify_skipless(const ModelConfig& cfg, const ModelWeights
     if (A && rep.cond > 0) {
       err = 0;
       const RowMatrix<double> Ad = A->template cast<double>();
-      for (const auto& [M, B] : consumers) {
+      for (const auto& consumer : consumers) {
+        // Not a structured binding: C++17 lambdas cannot capture one (clang rejects it).
+        const auto* M = consumer.first;
+        const auto* B = consumer.second;
         if (M->rows() != Ad.cols() || M->cols() != B->cols()) continue;
         const RowMatrix<double> Mt = precision_detail::with_storage(opt.storage, [&](auto tag) {
           using T = typename decltype(tag)::type;
