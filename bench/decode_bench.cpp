@@ -80,16 +80,15 @@ struct VanillaStep {
 };
 
 /// Slim decode: K caches (cycled copies), W_KV at float working precision (d x d, head i =
-/// columns i*dk..), U and the output.
+/// columns i*dk..), U and the heads (h x dk).
 template <class T>
 struct SlimStep {
   AttentionShape sh;
   double cache_bytes, flops;
   std::vector<std::unique_ptr<RowCache<T>>> caches;
-  RowMatrix<float> wkv, U;
-  RowVector<float> q, out;
+  RowMatrix<float> wkv, U, H;
+  RowVector<float> q;
   kernel::DecodeOptions opt;
-  int nt;
   size_t next = 0;
   SlimStep(Index h, Index dk, Index n, int threads)
       : sh{h * dk, h, h, dk},
@@ -98,9 +97,8 @@ struct SlimStep {
               2.0 * static_cast<double>(h * sh.d * dk)),
         wkv(sh.d, sh.d),
         U(h, sh.d),
-        q(sh.q_width()),
-        out(sh.q_width()),
-        nt(threads > 0 ? threads : bench::max_threads()) {
+        H(h, dk),
+        q(sh.q_width()) {
     const Index d = sh.d;
     for (int c = 0, nc = copies_for(cache_bytes); c < nc; ++c) {
       caches.push_back(std::make_unique<RowCache<T>>(d, n));
@@ -113,17 +111,10 @@ struct SlimStep {
   }
   double bytes() const { return cache_bytes + static_cast<double>(sh.d * sh.d) * sizeof(float); }
   void run() {
-    const Index h = sh.heads, dk = sh.head_dim;
     kernel::decode_weighted_keys<T>(q, *caches[next++ % caches.size()], sh, opt, U);
-    // head_i = U_i W_KV,i: h GEMVs (d x dk each) reading W_KV once. Split over the threads only
-    // when W_KV is large (> 8 MB): below that a second parallel region costs more than it saves.
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) \
-    schedule(static) if (nt > 1 && sh.d * sh.d > (Index(2) << 20))
-#endif
-    for (Index i = 0; i < h; ++i)
-      out.segment(i * dk, dk).noalias() = U.row(i) * wkv.middleCols(i * dk, dk);
-    benchmark::DoNotOptimize(out.data());
+    // head_i = U_i W_KV,i, as kernel::slim_decode runs it (threads split W_KV's rows from 1 MB).
+    kernel::decode_heads_from_weighted(U, wkv, sh, opt.threads, H);
+    benchmark::DoNotOptimize(H.data());
     benchmark::ClobberMemory();
   }
 };

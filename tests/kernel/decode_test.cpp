@@ -371,6 +371,51 @@ TEST(Decode, RopeSpecChangesBetweenCalls) {
   }
 }
 
+// Slim's second half: head_i = U_i W[:, g(i)], one thread and split over W's rows (from 1 MB of
+// W: the MHA and GQA cases below; the small one stays on one thread), against the same products
+// per group in float (the baseline) and in double (the reference), SPEC.md §5.
+TEST(Decode, HeadsFromWeightedMatchesPerGroupProducts) {
+  test::Rng rng(43);
+  struct Case {
+    AttentionShape sh;
+    Index w;
+  };
+  for (const Case& c :
+       {Case{{512, 4, 4, 128}, 512}, Case{{1024, 16, 4, 64}, 1100}, Case{{64, 4, 2, 16}, 40}}) {
+    const Index h = c.sh.heads, dk = c.sh.head_dim, G = c.sh.group();
+    const RowMatrix<float> U = test::random_matrix<float>(h, c.w, 1.0, rng);
+    const RowMatrix<float> W = test::random_matrix<float>(c.w, c.sh.kv_width(), 1.0, rng);
+    RowMatrix<float> bsl(h, dk);
+    RowMatrix<double> ref(h, dk);
+    for (Index g = 0; g < c.sh.kv_heads; ++g) {
+      bsl.middleRows(g * G, G) = U.middleRows(g * G, G) * W.middleCols(g * dk, dk);
+      ref.middleRows(g * G, G) =
+          U.middleRows(g * G, G).cast<double>() * W.middleCols(g * dk, dk).cast<double>();
+    }
+    for (int threads : {1, 2, 0}) {
+      RowMatrix<float> H = RowMatrix<float>::Constant(h, dk, -7.0f);
+      kernel::decode_heads_from_weighted(U, W, c.sh, threads, H);
+      EXPECT_TRUE(test::within_rule(H, bsl, ref, {2.0, test::roundoff_floor<float>(), ""}, "f32"))
+          << "h " << h << " kv " << c.sh.kv_heads << " w " << c.w << " threads " << threads;
+    }
+  }
+  const AttentionShape sh{64, 4, 2, 16};
+  const RowMatrix<float> U = RowMatrix<float>::Ones(4, 40), W = RowMatrix<float>::Ones(40, 32);
+  RowMatrix<float> H(4, 16);
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_heads_from_weighted(U, RowMatrix<float>::Ones(40, 31), sh, 1, H); },
+      "W expected 40x32, got 40x31");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_heads_from_weighted(RowMatrix<float>::Ones(4, 39), W, sh, 1, H); },
+      "U expected 4x40, got 4x39");
+  RowMatrix<float> badH(4, 15);
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_heads_from_weighted(U, W, sh, 1, badH); }, "H expected 4x16, got 4x15");
+  test::expect_error_containing<ShapeError>(
+      [&] { kernel::decode_heads_from_weighted(U, W, sh, -1, H); },
+      "threads expected >= 0, got -1");
+}
+
 TEST(Decode, BadInputsNameTheArgument) {
   const AttentionShape sh{64, 4, 2, 16};
   KVCache<float> kv(sh, 8);

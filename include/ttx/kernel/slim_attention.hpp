@@ -3,10 +3,11 @@
 //   KCache (CacheForm::keys), VCache (CacheForm::values), XCache (CacheForm::inputs).
 //
 // Decode, ScoreOrder::weights_first (the default; reads the cache once, in the streaming kernels):
-//   keys:   U = S K (h x w) by kernel::decode_weighted_keys, head_i = U_i W_KV[:, g(i)]
+//   keys:   U = S K (h x w) by kernel::decode_weighted_keys, head_i = U_i W_KV[:, g(i)] by
+//           kernel::decode_heads_from_weighted
 //   values: Qt_i = q_i W_VK[:, g(i)]^T, U = S V by kernel::decode_weighted_rows, head_i = U_i[g(i)]
 //   inputs: Qt_i = q_i W_K[:, g(i)]^T,  U = S X by kernel::decode_weighted_rows, head_i = U_i
-//   W_V[:, g(i)]
+//   W_V[:, g(i)] by kernel::decode_heads_from_weighted
 // ScoreOrder::values_first rebuilds K and V for every cached row (V = K W_KV, ...) and runs
 // ordinary attention: 2 n w e extra operations per step, only sensible for tiny n, and an
 // independent cross-check of the default order. Prefill always goes values first (V for the
@@ -363,9 +364,7 @@ void decode(const char* fn, const Eigen::Ref<const RowVector<float>>& x,
     if (slim.form == CacheForm::values) {
       for (Index i = 0; i < h; ++i) H.row(i) = U.row(i).segment(s.kv_head_of(i) * dk, dk);
     } else {
-      for (Index g = 0; g < s.kv_heads; ++g)
-        H.middleRows(g * G, G).noalias() =
-            U.middleRows(g * G, G) * slim.value_map.middleCols(g * dk, dk);
+      decode_heads_from_weighted(U, slim.value_map, s, opt.threads, H);
     }
     const RowMap Hflat(H.data(), 1, s.q_width());
     project_out(Hflat, slim, Y);
