@@ -6,7 +6,7 @@
 //   vanilla  bytes 2 n e sizeof(T)                        flops 4 n h dk (scores, P V)
 //   slim     bytes n d sizeof(T) + d d 4 (float W_KV)     flops 2 n h dk (scores) + 2 h n d (S K)
 //                                                               + 2 h d dk (U_i W_KV,i)
-//   decode/paired/<type>/h:<h>/dk:128/n:<n>/threads:2  both in every iteration, alternating;
+//   decode/paired/<type>/h:<h>/dk:128/n:<n>/threads:<all>  both in every iteration, alternating;
 //     counters slim_over_vanilla (median of per-iteration ratios), slim_ms, vanilla_ms
 // Caches are filled once; when one cache is smaller than 64 MB, several copies are cycled so each
 // iteration reads memory that is not in the last-level cache (cold-ish, as in a real model where
@@ -143,12 +143,19 @@ void bm_paired(benchmark::State& state, Index h, Index dk, Index n, int threads)
   state.counters["vanilla_ms"] = 1e3 * m.a_seconds;
 }
 
+/// 1 and all threads: the two counts the roofline is measured for.
+std::vector<int> thread_counts() {
+  const int all = bench::max_threads();
+  return all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
+}
+
 template <class T>
 void register_type() {
+  const int all = bench::max_threads();
   for (Index h : {4, 8, 16, 32})
     for (Index dk : {64, 128})
       for (Index n : {1024, 4096, 16384, 32768})
-        for (int t : {1, 2}) {
+        for (int t : thread_counts()) {
           const auto keys = {
               std::pair<const char*, long long>{"h", h}, {"dk", dk}, {"n", n}, {"threads", t}};
           benchmark::RegisterBenchmark(
@@ -169,13 +176,13 @@ void register_type() {
               ->MinTime(0.15)
               ->Unit(benchmark::kMillisecond);
         }
-  // The headline pairs (issue 3's table): n 4096 and 16384, head_dim 128, 2 threads.
+  // The headline pairs (issue 3's table): n 4096 and 16384, head_dim 128, all threads.
   for (Index h : {4, 8, 16, 32})
     for (Index n : {4096, 16384}) {
       const auto keys = {
-          std::pair<const char*, long long>{"h", h}, {"dk", 128}, {"n", n}, {"threads", 2}};
+          std::pair<const char*, long long>{"h", h}, {"dk", 128}, {"n", n}, {"threads", all}};
       benchmark::RegisterBenchmark(bench::name("decode", "paired", type_name<T>(), keys).c_str(),
-                                   [=](benchmark::State& s) { bm_paired<T>(s, h, 128, n, 2); })
+                                   [=](benchmark::State& s) { bm_paired<T>(s, h, 128, n, all); })
           ->UseManualTime()
           ->MinTime(0.5)
           ->Unit(benchmark::kMillisecond);

@@ -159,7 +159,13 @@ const Roofline& roofline() {
 
 void report(benchmark::State& state, double bytes, double flops, int threads) {
   const Roofline& r = roofline();
-  const bool all = threads > 1;
+  if (threads != 1 && threads != r.threads) {  // no bound measured for it: no fraction to report
+    state.SkipWithError(("no roofline measured for " + std::to_string(threads) +
+                         " threads (measured: 1 and " + std::to_string(r.threads) + ")")
+                            .c_str());
+    return;
+  }
+  const bool all = threads == r.threads && threads > 1;
   const double bw = (all ? r.read_gbps : r.read_gbps_1t) * 1e9;
   const double peak = (all ? r.peak_gflops : r.peak_gflops_1t) * 1e9;
   const double bound_seconds = std::max(bytes / bw, flops / peak);
