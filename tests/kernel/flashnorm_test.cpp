@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "support/random.hpp"
 #include "support/tolerance.hpp"
 #include "ttx/kernel/flashnorm_ffn.hpp"
@@ -103,6 +105,71 @@ TEST(FlashNormLinearPaths, GemvRowsAgreeWithGemm) {
   };
   run(float{});
   run(bf16{});
+}
+
+// The batch path with bf16 / half weights takes each row's sum of squares in the GEMM's pass over
+// a, one 512-wide k block at a time: its scalars must be 1/RMS(a_r) in double. in = 1300 is two
+// full k blocks and a ragged one of 276; out = 300 is two column panels (only one may add to the
+// sums); batch 2 is below the threading threshold (1e6 multiply-adds), 7 and 64 above it (one
+// thread per panel). Rows have different magnitudes, so a row mix-up shows. Bound, for any
+// summation order: the float sum of `in` squares is within in * u_f32 (relative, Higham's gamma_in,
+// all terms >= 0), 1/sqrt halves that (eps only shrinks it) and the scalar is rounded once to
+// float: (in / 2 + 1) * u_f32 = 3.9e-5 relative. Dropping the smallest k block (the ragged one,
+// ~21% of the sum) moves the scalar ~12%, 3000x the bound.
+TEST(FlashNormLinearPaths, BatchScalarsAreOneOverRmsPerRow) {
+  test::Rng rng(13);
+  const Index in = 1300, out = 300;
+  const double eps = 1e-5;
+  const double bound = (static_cast<double>(in) / 2 + 1) * unit_roundoff<float>();
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const RowMatrix<T> W = test::random_projection<T>(in, out, rng);
+    for (Index n : {Index(2), Index(7), Index(64)}) {
+      RowMatrix<float> X = test::random_matrix<float>(n, in, 1.0, rng);
+      for (Index r = 0; r < n; ++r) X.row(r) *= static_cast<float>(0.25 * (1 + r % 5));
+      RowMatrix<float> Z(n, out), Xn(n, in), base(n, out);
+      RowVector<float> s(n);
+      kernel::flashnorm_linear<T>(X, W, RowVector<float>(), {eps}, Z, s);
+      for (Index r = 0; r < n; ++r) {
+        const double want = 1.0 / reference::rms<double>(X.row(r).cast<double>(), eps);
+        EXPECT_LE(std::abs(static_cast<double>(s(r)) - want), bound * want)
+            << type_name<T>() << " n=" << n << " row " << r << ": scalar " << s(r) << ", 1/RMS "
+            << want;
+      }
+      // And the scaled product itself against RMSNorm then the same product.
+      const RowMatrix<double> ref = normed(X.cast<double>(), eps) * W.template cast<double>();
+      kernel::rms_normalize<float>(X, RowVector<float>(), eps, Xn);
+      kernel::linear_unscaled<T>(Xn, W, RowVector<float>(), base);
+      EXPECT_TRUE(
+          test::within_rule(Z, base, ref, {2.0, test::roundoff_floor<float>(), ""}, type_name<T>()))
+          << "n=" << n;
+    }
+  };
+  run(bf16{});
+  run(f16{});
+}
+
+TEST(FlashNormLinearPaths, EmptyInput) {
+  // in = 0: the unscaled product is an empty sum, out = bias on every path (the widened-panel
+  // GEMM used to leave out unwritten; out starts as NaN so that shows), and 1/RMS of no values
+  // (0/0) is refused.
+  const RowVector<float> bias = RowVector<float>::LinSpaced(5, -2.0f, 2.0f);
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const RowMatrix<T> W(0, 5);
+    for (Index n : {Index(1), Index(3)}) {
+      const RowMatrix<float> a(n, 0);
+      RowMatrix<float> out = RowMatrix<float>::Constant(n, 5, std::nanf(""));
+      kernel::linear_unscaled<T>(a, W, bias, out);
+      for (Index r = 0; r < n; ++r)
+        EXPECT_EQ(out.row(r), bias) << type_name<T>() << " n=" << n << " row " << r;
+      expect_error([&] { kernel::flashnorm_linear<T>(a, W, bias, {1e-6}, out); },
+                   "a.cols() (the RMS's width) expected >= 1, got 0");
+    }
+  };
+  run(float{});
+  run(bf16{});
+  run(f16{});
 }
 
 template <class T>

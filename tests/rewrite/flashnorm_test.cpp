@@ -168,6 +168,20 @@ TYPED_TEST(FoldNorm, SeveralConsumers) {
     bsep << fa.bq, fa.bk, fa.bv;
     EXPECT_TRUE(test::bitwise_equal(fused.w, sep)) << fam.name;
     EXPECT_TRUE(test::bitwise_equal(fused.b, bsep)) << fam.name;
+    // Fused gate_up (d x 2f, one matrix for both GLU input branches): bitwise the two folds side
+    // by side, and as a consumer within the rule.
+    RowMatrix<T> gate_up(d, 2 * f);
+    gate_up << ffn.w_in, ffn.w_up;
+    const auto fgu = rewrite::fold_norm(fam.spec, g, gate_up);
+    RowMatrix<T> gu_sep(d, 2 * f);
+    gu_sep << ff.w_in, ff.w_up;
+    EXPECT_TRUE(test::bitwise_equal(fgu.w, gu_sep)) << fam.name;
+    if (fgu.b.size() != 0) {  // LayerNorm: beta W of both branches
+      RowVector<T> gu_bsep(2 * f);
+      gu_bsep << ff.b_in, ff.b_up;
+      EXPECT_TRUE(test::bitwise_equal(fgu.b, gu_bsep)) << fam.name;
+    }
+    check(gate_up, RowVector<T>(), fgu.w, fgu.b, "gate_up fused");
     // Final norm into an untied head (no head bias: only the RMS families have no beta).
     if (fam.spec.kind == NormKind::rms) {
       const auto fh = rewrite::fold_final_norm(fam.spec, g, head, rewrite::HeadTying::untied);
@@ -291,9 +305,19 @@ TYPED_TEST(FoldNorm, WholeModelSameGreedyTokens) {
     const auto folded = rewrite::fold_model(mc.cfg, w);
     EXPECT_EQ(folded.centered, mc.cfg.block.norm.kind == NormKind::layer) << mc.name;
     EXPECT_EQ(folded.config.block.norm.kind, NormKind::rms) << mc.name;
+    const RowVector<T> ones = RowVector<T>::Ones(32);
     for (const auto& b : folded.weights.blocks) {
-      EXPECT_TRUE(test::bitwise_equal(b.norm1.gain, RowVector<T>(RowVector<T>::Ones(32))));
-      EXPECT_EQ(b.norm1.beta.size(), 0);
+      EXPECT_TRUE(test::bitwise_equal(b.norm1.gain, ones)) << mc.name;
+      EXPECT_EQ(b.norm1.beta.size(), 0) << mc.name;
+      EXPECT_TRUE(test::bitwise_equal(b.norm2.gain, ones)) << mc.name;
+      EXPECT_EQ(b.norm2.beta.size(), 0) << mc.name;
+    }
+    // The final RMSNorm folds into the (untied) head; a final LayerNorm keeps gain and beta.
+    EXPECT_EQ(folded.final_norm_folded, mc.cfg.final_norm_spec.kind == NormKind::rms) << mc.name;
+    if (folded.final_norm_folded) {
+      EXPECT_TRUE(test::bitwise_equal(folded.weights.final_norm.gain, ones)) << mc.name;
+      EXPECT_EQ(folded.weights.final_norm.beta.size(), 0) << mc.name;
+      EXPECT_EQ(folded.config.final_norm_spec.gain, GainConvention::plain) << mc.name;
     }
     const std::vector<int> prompt = {3, 17, 5, 42};
     const Index steps = 16;
@@ -358,6 +382,54 @@ TEST(CenterResidual, ConditionIsCheckedFromTheConfig) {
   EXPECT_LT(c.blocks[0].ffn.w_out.rowwise().mean().cwiseAbs().maxCoeff(), 1e-6f);
   EXPECT_LT(std::abs(c.blocks[0].ffn.b_out.mean()), 1e-6f);
   EXPECT_LT(std::abs(c.blocks[1].attn.bo.mean()), 1e-6f);
+}
+
+// fold_model with a tied LM head must not fold the final norm (the embedding rows would be scaled
+// too): the final norm keeps its gain and convention, the head is untouched, the model still gives
+// the reference's tokens. The same weights declared untied do fold it (the option is read).
+TEST(FoldModel, TiedHeadKeepsTheFinalNorm) {
+  test::Rng rng(112);
+  const ModelConfig cfg = gemma_config();
+  auto w = test::random_model<float>(cfg, 48, rng);
+  w.lm_head = w.embedding.transpose();
+  rewrite::ModelFoldOptions tied;
+  tied.head = rewrite::HeadTying::tied;
+  const auto folded = rewrite::fold_model(cfg, w, tied);
+  EXPECT_FALSE(folded.final_norm_folded);
+  EXPECT_TRUE(test::bitwise_equal(folded.weights.lm_head, w.lm_head));
+  EXPECT_TRUE(test::bitwise_equal(folded.weights.final_norm.gain, w.final_norm.gain));
+  EXPECT_EQ(folded.config.final_norm_spec.gain, GainConvention::one_plus);
+  EXPECT_NE(folded.notes.find("final norm kept (tied LM head)"), std::string::npos) << folded.notes;
+  const std::vector<int> prompt = {3, 17, 5, 42};
+  reference::DecoderModel<double> ref_model(cfg, test::cast<double>(w));
+  reference::DecoderModel<float> cand_model(folded.config, folded.weights);
+  EXPECT_EQ(cand_model.generate(prompt, 8), ref_model.generate(prompt, 8));
+  EXPECT_TRUE(rewrite::fold_model(cfg, w).final_norm_folded);
+}
+
+// Gemma's 1 + g is formed in double, never in the storage type: with small g (0.003 .. 0.012,
+// where T(1 + g) != 1 + g: bf16 rounds 1.003 to 1, half to 1.0029297) every element of W* is
+// T(double(1 + g_i) * double(W_ij)) bitwise (1 + g_i is exact in double: g_i has 8 or 11 bits).
+template <class T>
+void one_plus_formed_in_double() {
+  test::Rng rng(113);
+  const Index d = 24, out = 40;
+  NormWeights<T> g{RowVector<T>(d), {}};
+  for (Index i = 0; i < d; ++i) g.gain(i) = static_cast<T>((i % 2 ? -0.003 : 0.003) * (1 + i % 4));
+  const RowMatrix<T> W = test::random_projection<T>(d, out, rng);
+  RowMatrix<T> want(d, out);
+  for (Index i = 0; i < d; ++i) {
+    const double a = 1.0 + static_cast<double>(g.gain(i));
+    ASSERT_NE(static_cast<double>(static_cast<T>(a)), a) << "g_i must not be absorbed by T(1 + g)";
+    for (Index j = 0; j < out; ++j) want(i, j) = static_cast<T>(a * static_cast<double>(W(i, j)));
+  }
+  const auto f = rewrite::fold_norm(NormSpec::rms(1e-6, GainConvention::one_plus), g, W);
+  EXPECT_TRUE(test::bitwise_equal(f.w, want)) << type_name<T>();
+}
+
+TEST(FoldNormOnePlus, GainFormedInDouble) {
+  one_plus_formed_in_double<bf16>();
+  one_plus_formed_in_double<f16>();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,21 +530,25 @@ TEST(NormCancellation, TransformAndEpsBound) {
   }
 }
 
-// The same QKV-norm layer in float against the double reference: the cancelled path's extra error
-// is the eps term, bounded above; QK-only keeps 1/RMS on V (V matches to roundoff).
-TEST(NormCancellation, FloatPathWithinRulePlusEpsBound) {
+// The same layer with QK-norm only, weights stored as T (float, bf16) and run in float, against
+// the double reference. Q and K (each with its own weights) drop 1/RMS(a): their extra error is
+// the eps2 term, bounded above per head by rewrite::cancellation_error (max over rows and heads,
+// added to the floor; it dominates at eps2 = 1e-2). V keeps its scalar (no V norm) and matches
+// the unfused V within the rule. Floor: float roundoff plus W* rounded once to T (u_T).
+template <class T>
+void cancellation_within_rule(double eps2) {
   test::Rng rng(109);
   const Index n = 5, d = 32, heads = 4, dk = 8;
-  const NormSpec first = NormSpec::rms(1e-6), second = NormSpec::rms(1e-6);
+  const NormSpec first = NormSpec::rms(1e-6), second = NormSpec::rms(eps2);
   const RowMatrix<double> X = test::random_matrix<double>(n, d, 2.0, rng);
-  const auto g1 = test::random_norm<double>(d, first, rng);
-  const RowMatrix<float> wq = test::random_projection<float>(d, heads * dk, rng);
-  const RowMatrix<float> wv = test::random_projection<float>(d, heads * dk, rng);
+  const auto g1 = test::cast<T>(test::random_norm<double>(d, first, rng));
+  const RowMatrix<T> wq = test::random_projection<T>(d, heads * dk, rng);
+  const RowMatrix<T> wk = test::random_projection<T>(d, heads * dk, rng);
+  const RowMatrix<T> wv = test::random_projection<T>(d, heads * dk, rng);
   rewrite::CancellationSite site;
   site.q_norm = site.k_norm = true;  // QK-norm only
-  const auto g1f = test::cast<float>(g1);
-  const auto cp = rewrite::cancel_norm(site, g1f, wq, wq, wv);
-  ASSERT_TRUE(cp.check.drop_q && !cp.check.drop_v);
+  const auto cp = rewrite::cancel_norm(site, g1, wq, wk, wv);
+  ASSERT_TRUE(cp.check.drop_q && cp.check.drop_k && !cp.check.drop_v);
   auto per_head_norm = [&](auto Y) {
     using S = typename decltype(Y)::Scalar;
     for (Index r = 0; r < Y.rows(); ++r)
@@ -482,83 +558,110 @@ TEST(NormCancellation, FloatPathWithinRulePlusEpsBound) {
       }
     return Y;
   };
-  const RowMatrix<double> N1 = reference::norm<double>(X, test::cast<double>(g1f), first);
-  const RowMatrix<double> ref = per_head_norm(RowMatrix<double>(N1 * wq.cast<double>()));
+  const auto g1f = test::cast<float>(g1);
+  const RowMatrix<double> N1 = reference::norm<double>(X, test::cast<double>(g1), first);
   const RowMatrix<float> Xf = X.cast<float>();
-  const RowMatrix<float> base =
-      per_head_norm(RowMatrix<float>(reference::norm<float>(Xf, g1f, first) * wq));
-  RowMatrix<float> raw(n, heads * dk);
-  kernel::linear_unscaled<float>(Xf, cp.wq, RowVector<float>(), raw);  // no 1/RMS(a)
-  const RowMatrix<float> cand = per_head_norm(raw);
-  double bound = 0;
-  for (Index r = 0; r < n; ++r)
-    for (Index h = 0; h < heads; ++h) {
-      const RowVector<double> yh = (N1 * wq.cast<double>()).row(r).segment(h * dk, dk);
-      bound = std::max(
-          bound, rewrite::cancellation_error(
-                     second.eps, reference::rms<double>(X.row(r), first.eps), yh.squaredNorm() / dk)
-                     .bound);
-    }
-  EXPECT_TRUE(test::within_rule(
-      cand, base, ref,
-      {2.0, test::roundoff_floor<float>() + unit_roundoff<float>() + bound,
-       detail::concat("eps2 cancellation bound ", bound, " + W* rounded to float")},
-      "f32"));
+  const RowMatrix<float> N1f = reference::norm<float>(Xf, g1f, first);
+  const double floor = test::roundoff_floor<float>() + unit_roundoff<T>();
+  auto dropped = [&](const RowMatrix<T>& w, const RowMatrix<T>& ws, const char* what) {
+    const RowMatrix<double> Yhat = N1 * w.template cast<double>();  // vanilla second-norm input
+    const RowMatrix<double> ref = per_head_norm(Yhat);
+    const RowMatrix<float> base = per_head_norm(RowMatrix<float>(N1f * w.template cast<float>()));
+    RowMatrix<float> raw(n, heads * dk);
+    kernel::linear_unscaled<T>(Xf, ws, RowVector<float>(), raw);  // no 1/RMS(a)
+    const RowMatrix<float> cand = per_head_norm(raw);
+    double bound = 0;
+    for (Index r = 0; r < n; ++r)
+      for (Index h = 0; h < heads; ++h) {
+        const RowVector<double> yh = Yhat.row(r).segment(h * dk, dk);
+        bound = std::max(bound, rewrite::cancellation_error(
+                                    second.eps, reference::rms<double>(X.row(r), first.eps),
+                                    yh.squaredNorm() / dk)
+                                    .bound);
+      }
+    EXPECT_TRUE(test::within_rule(cand, base, ref,
+                                  {2.0, floor + bound,
+                                   detail::concat("eps2 cancellation bound ", bound,
+                                                  " + W* rounded once to ", type_name<T>())},
+                                  type_name<T>()))
+        << what << " eps2=" << eps2;
+  };
+  dropped(wq, cp.wq, "Q");
+  dropped(wk, cp.wk, "K");
   // V keeps its scalar: the deferred product with 1/RMS(a) on the folded V weights.
-  RowMatrix<float> v(n, heads * dk), vb(n, heads * dk);
-  kernel::flashnorm_linear<float>(Xf, cp.wv, RowVector<float>(), {first.eps}, v);
-  vb = reference::norm<float>(Xf, g1f, first) * wv;
-  const RowMatrix<double> vref = N1 * wv.cast<double>();
-  EXPECT_TRUE(test::within_rule(
-      v, vb, vref,
-      {2.0, test::roundoff_floor<float>() + unit_roundoff<float>(), "W* rounded to float"}, "f32"));
+  RowMatrix<float> v(n, heads * dk);
+  kernel::flashnorm_linear<T>(Xf, cp.wv, RowVector<float>(), {first.eps}, v);
+  const RowMatrix<float> vb = N1f * wv.template cast<float>();
+  const RowMatrix<double> vref = N1 * wv.template cast<double>();
+  EXPECT_TRUE(test::within_rule(v, vb, vref,
+                                {2.0, floor, detail::concat("W* rounded once to ", type_name<T>())},
+                                type_name<T>()))
+      << "V eps2=" << eps2;
+}
+
+TEST(NormCancellation, StoragePathsWithinRulePlusEpsBound) {
+  for (double eps2 : {1e-6, 1e-2}) {
+    cancellation_within_rule<float>(eps2);
+    cancellation_within_rule<bf16>(eps2);
+  }
 }
 
 // QK-norm gain shared by all heads folded into the per-position RoPE tables (2x2 per pair):
 // RoPE(RMSNorm_head(y) ⊙ g) == table(m, g) applied to y / RMS_head(y); interleaved and half-split
-// pairs, full and partial rotary width, unequal pair gains (not a rotation, still exact).
+// pairs, full and partial rotary width, unequal pair gains (not a rotation, still exact) and equal
+// ones (pairs_equal: a scaled rotation, gain_p == gain_q).
 TEST(QkGainRope, FoldedIntoTablesMatchesReference) {
   test::Rng rng(110);
   const Index n = 5, heads = 3, dk = 8;
   for (RopeLayout layout : {RopeLayout::interleaved, RopeLayout::half_split}) {
     for (Index r : {dk, Index(6)}) {
       for (GainConvention conv : {GainConvention::plain, GainConvention::one_plus}) {
-        RopeSpec rope = RopeSpec::full(dk, layout);
-        rope.rotary_dim = r;
-        const NormSpec qk = NormSpec::rms(1e-6, conv);
-        const auto g = test::random_norm<double>(dk, qk, rng);
-        const RowMatrix<double> Y = test::random_matrix<double>(n, heads * dk, 1.0, rng);
-        auto normed_heads = [&](auto M, auto gain) {
-          using S = typename decltype(M)::Scalar;
-          for (Index i = 0; i < M.rows(); ++i)
-            for (Index h = 0; h < heads; ++h) {
-              RowMatrix<S> seg = M.row(i).segment(h * dk, dk);
-              NormWeights<S> nw{gain, {}};
-              M.row(i).segment(h * dk, dk) = reference::norm<S>(seg, nw, qk).row(0);
-            }
-          return M;
-        };
-        const Index start = 3;
-        const RowMatrix<double> ref =
-            reference::rope<double>(normed_heads(Y, g.gain), heads, dk, rope, start);
-        const RowMatrix<float> Yf = Y.cast<float>();
-        const RowVector<float> gf = g.gain.cast<float>();
-        const RowMatrix<float> base =
-            reference::rope<float>(normed_heads(Yf, gf), heads, dk, rope, start);
-        // Folded: per-head 1/RMS without gain (NormSpec plain, gain 1), then the gain tables.
-        const auto fold = rewrite::fold_qk_gain_into_rope(rope, dk, qk, gf);
-        EXPECT_FALSE(fold.pairs_equal);
-        RowMatrix<float> cand = Yf;
-        for (Index i = 0; i < n; ++i)
-          for (Index h = 0; h < heads; ++h) {
-            auto seg = cand.row(i).segment(h * dk, dk);
-            seg /= reference::rms<float>(seg, qk.eps);
+        for (bool equal_pairs : {false, true}) {
+          RopeSpec rope = RopeSpec::full(dk, layout);
+          rope.rotary_dim = r;
+          const NormSpec qk = NormSpec::rms(1e-6, conv);
+          auto g = test::random_norm<double>(dk, qk, rng);
+          // Equal gains within every pair of this layout: the table is a scaled rotation.
+          if (equal_pairs)
+            for (Index j = 0; j < rope.pairs(); ++j)
+              g.gain(rope.pair(j).second) = g.gain(rope.pair(j).first);
+          const RowMatrix<double> Y = test::random_matrix<double>(n, heads * dk, 1.0, rng);
+          auto normed_heads = [&](auto M, auto gain) {
+            using S = typename decltype(M)::Scalar;
+            for (Index i = 0; i < M.rows(); ++i)
+              for (Index h = 0; h < heads; ++h) {
+                RowMatrix<S> seg = M.row(i).segment(h * dk, dk);
+                NormWeights<S> nw{gain, {}};
+                M.row(i).segment(h * dk, dk) = reference::norm<S>(seg, nw, qk).row(0);
+              }
+            return M;
+          };
+          const Index start = 3;
+          const RowMatrix<double> ref =
+              reference::rope<double>(normed_heads(Y, g.gain), heads, dk, rope, start);
+          const RowMatrix<float> Yf = Y.cast<float>();
+          const RowVector<float> gf = g.gain.cast<float>();
+          const RowMatrix<float> base =
+              reference::rope<float>(normed_heads(Yf, gf), heads, dk, rope, start);
+          // Folded: per-head 1/RMS without gain (NormSpec plain, gain 1), then the gain tables.
+          const auto fold = rewrite::fold_qk_gain_into_rope(rope, dk, qk, gf);
+          EXPECT_EQ(fold.pairs_equal, equal_pairs);
+          if (equal_pairs) {
+            EXPECT_EQ(fold.gain_p, fold.gain_q);
           }
-        kernel::rope_scaled<float>(cand, heads, dk, rope, start, RowVector<float>::Ones(n), 1.0,
-                                   fold.gain_p, fold.gain_q, fold.pass);
-        EXPECT_TRUE(
-            test::within_rule(cand, base, ref, {2.0, test::roundoff_floor<float>(), ""}, "f32"))
-            << "layout " << static_cast<int>(layout) << " r=" << r;
+          RowMatrix<float> cand = Yf;
+          for (Index i = 0; i < n; ++i)
+            for (Index h = 0; h < heads; ++h) {
+              auto seg = cand.row(i).segment(h * dk, dk);
+              seg /= reference::rms<float>(seg, qk.eps);
+            }
+          kernel::rope_scaled<float>(cand, heads, dk, rope, start, RowVector<float>::Ones(n), 1.0,
+                                     fold.gain_p, fold.gain_q, fold.pass);
+          EXPECT_TRUE(
+              test::within_rule(cand, base, ref, {2.0, test::roundoff_floor<float>(), ""}, "f32"))
+              << "layout " << static_cast<int>(layout) << " r=" << r
+              << " equal_pairs=" << equal_pairs;
+        }
       }
     }
   }

@@ -1,7 +1,8 @@
 // FlashNorm runtime (SPEC.md §2): an RMSNorm whose gain was folded into the next linear layer
 // (rewrite/flashnorm.hpp) runs as one deferred-normalization product,
 //   z = (a W*) · (1 / RMS(a)) + c,
-// the sum of squares of `a` accumulated in the same pass over `a` as the product. The scalar
+// the sum of squares of `a` accumulated in the same pass over `a` as the product (one token, and a
+// batch with bf16/half weights; a float-weight batch and double weights: see gemm()). The scalar
 // commutes with the product, so this is exact with eps too (eps sits inside the scalar).
 // Weights are (in x out) row-major, storage float / double / bfloat16 / half; activations and
 // accumulation are accum_t<T> (float, or double for double weights).
@@ -230,23 +231,36 @@ void widen_panel(const Eigen::Ref<const RowMatrix<T>>& W, Index k0, Index c0, In
   }
 }
 
-// Z (n x out) = A (n x in) W for n > 1. float/double weights: Eigen's GEMM on the caller's
-// memory. bf16/half weights: W is widened to float one (kc x nc) panel at a time (each panel
-// stays in L2) and multiplied with Eigen's GEMM, threads over column panels.
+// Z (n x out) = A (n x in) W for n > 1 (and n = 1 with double weights), and, when `ss` is
+// non-null, ss[r] = sum_i A(r, i)^2 for every row.
+// bf16/half weights: W is widened to float one (kc x nc) panel at a time (each panel stays in L2)
+// and multiplied with Eigen's GEMM, threads over column panels; the thread owning column panel 0
+// adds each (n x kw) block of A's squares to ss right before multiplying it (in cache, in k0
+// order: race-free and the same for any thread count). float/double weights: Eigen's GEMM on the
+// caller's memory packs A with no hook for a side sum, and blocking over k outside it would cost
+// ceil(in/kc) read-modify-write passes over Z to save one read of A, so ss is a row pass after.
 template <class T>
 void gemm(const Eigen::Ref<const RowMatrix<Acc<T>>>& A, const Eigen::Ref<const RowMatrix<T>>& W,
-          Eigen::Ref<RowMatrix<Acc<T>>> Z) {
+          Eigen::Ref<RowMatrix<Acc<T>>> Z, Acc<T>* ss) {
   using F = Acc<T>;
+  const Index n = A.rows();
   if constexpr (std::is_same_v<T, F>) {
     Z.noalias() = A * W;
+    if (ss)
+      for (Index r = 0; r < n; ++r) ss[r] = A.row(r).squaredNorm();
   } else {
     const Index in = W.rows(), out = W.cols();
+    if (in == 0) {  // an empty sum: the k0 loop below would leave Z unwritten
+      Z.setZero();
+      return;
+    }
     constexpr Index kc = 512, nc = 256;
     const Index panels = (out + nc - 1) / nc;
     const int nt =
-        std::min<int>(worker_threads(static_cast<double>(A.rows()) * static_cast<double>(in * out)),
+        std::min<int>(worker_threads(static_cast<double>(n) * static_cast<double>(in * out)),
                       static_cast<int>(panels));
     (void)nt;
+    if (ss) std::fill(ss, ss + n, F(0));
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) schedule(static)
 #endif
@@ -256,10 +270,13 @@ void gemm(const Eigen::Ref<const RowMatrix<Acc<T>>>& A, const Eigen::Ref<const R
       for (Index k0 = 0; k0 < in; k0 += kc) {
         const Index kw = std::min(kc, in - k0);
         widen_panel<T>(W, k0, c0, kw, cw, panel);
+        const auto Ak = A.middleCols(k0, kw);
+        if (ss && p == 0)
+          for (Index r = 0; r < n; ++r) ss[r] += Ak.row(r).squaredNorm();
         if (k0 == 0)
-          Z.middleCols(c0, cw).noalias() = A.middleCols(k0, kw) * panel;
+          Z.middleCols(c0, cw).noalias() = Ak * panel;
         else
-          Z.middleCols(c0, cw).noalias() += A.middleCols(k0, kw) * panel;
+          Z.middleCols(c0, cw).noalias() += Ak * panel;
       }
     }
   }
@@ -287,9 +304,13 @@ void product(const char* fn, const Eigen::Ref<const RowMatrix<Acc<T>>>& a,
                 "weights must be float, double, Eigen::bfloat16 or Eigen::half");
   using A = Acc<T>;
   check_linear<T>(fn, a.rows(), a.cols(), w.rows(), w.cols(), bias.size(), out.rows(), out.cols());
-  if (rms)
+  if (rms) {
     detail::require(rms->eps >= 0 && std::isfinite(rms->eps), ErrorKind::shape, fn,
                     detail::concat("rms.eps expected finite and >= 0, got ", rms->eps));
+    // RMS(a) of no values is 0/0: refused rather than returning NaN.
+    detail::require(a.cols() > 0, ErrorKind::shape, fn,
+                    detail::concat("a.cols() (the RMS's width) expected >= 1, got ", a.cols()));
+  }
   const Index n = a.rows(), in = a.cols(), outw = w.cols();
   if (n == 0 || outw == 0) return;
   const bool gemv_path =
@@ -298,10 +319,7 @@ void product(const char* fn, const Eigen::Ref<const RowMatrix<Acc<T>>>& a,
   if (gemv_path) {
     ss[0] = gemv<T>(a.data(), in, w.data(), w.outerStride(), outw, out.data());
   } else {
-    gemm<T>(a, w, out);
-    // Per-row sums of squares in double-width for the scalar; a is n x in, tiny next to W.
-    if (rms)
-      for (Index r = 0; r < n; ++r) ss[static_cast<size_t>(r)] = a.row(r).squaredNorm();
+    gemm<T>(a, w, out, rms ? ss.data() : nullptr);
   }
   for (Index r = 0; r < n; ++r) {
     const A s =
@@ -317,10 +335,12 @@ void product(const char* fn, const Eigen::Ref<const RowMatrix<Acc<T>>>& a,
 }  // namespace flashnorm_detail
 
 /// FlashNorm linear: out = (a W*) · (1/RMS(a)) + bias, row by row (SPEC.md §2, deferred
-/// normalization). One token (a is 1 x in) runs a GEMV that accumulates sum(a^2) in the same pass
-/// over a as the product; a batch (n x in) runs a GEMM with the per-row scalars in the epilogue
-/// (there the sums of squares are one extra read of a, n x in, which is small next to W: the GEMM
-/// is Eigen's and has no hook for it).
+/// normalization). One token (a is 1 x in; float/bf16/half weights) runs a GEMV that accumulates
+/// sum(a^2) in the same pass over a as the product; a batch (n x in) runs a GEMM with the per-row
+/// scalars in the epilogue. With bf16/half weights the batch's sums of squares are taken in the
+/// GEMM's pass over a too (per k block); with float weights in a batch, and with double weights
+/// (Eigen's GEMM on the caller's memory, no hook for it), they are one extra read of a (n x in),
+/// small next to W.
 ///   a:    n x in, row-major, accum_t<T> (float for float/bf16/half weights)
 ///   w:    in x out, row-major, storage T — W* = diag(g) W from rewrite::fold_norm
 ///   bias: out values or empty (the norm's beta already folded in, if any)
