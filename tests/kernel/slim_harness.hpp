@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/random.hpp"
@@ -28,8 +29,11 @@ struct Case {
   test::BiasOptions bias;
   CacheForm form = CacheForm::keys;
   KeyStorage storage = KeyStorage::raw;
-  Index prompt = 5;
+  Index prompt = 5;  ///< 0: no prefill, the first decode step meets an empty cache
   Index steps = 16;
+  /// 0 < chunk < prompt: the prompt is prefilled in two calls, rows [0, chunk) then
+  /// [chunk, prompt) (the second on a non-empty cache); 0: one call.
+  Index chunk = 0;
   ScoreOrder order = ScoreOrder::weights_first;
   bool position_bias = false;
   double scale = 0;
@@ -42,26 +46,38 @@ inline double position_bias(Index h, Index q, Index k) {
          0.1 * std::sin(static_cast<double>(k));
 }
 
+/// The prefill calls for a prompt of p rows: [0, chunk) and [chunk, p) when 0 < chunk < p, else
+/// [0, p) (none when p = 0), as (first row, row count).
+inline std::vector<std::pair<Index, Index>> prefill_chunks(Index p, Index chunk) {
+  if (p == 0) return {};
+  if (chunk > 0 && chunk < p) return {{0, chunk}, {chunk, p - chunk}};
+  return {{0, p}};
+}
+
 /// Vanilla layer at storage precision T: float projections (the reference ops in float), rotated
-/// keys and values in a KVCache<T>; prefill attends the rounded cache rows with the reference
-/// attend in float, decode steps use kernel::decode_vanilla.
+/// keys and values in a KVCache<T>; prefill (in the same chunks as the slim run) attends the
+/// rounded cache rows with the reference attend in float, decode steps use
+/// kernel::decode_vanilla.
 template <class T>
 RowMatrix<float> run_vanilla(const reference::AttentionWeights<float>& w,
                              const AttentionConfig& cfg, const RowMatrix<float>& X, Index p,
-                             const reference::ScoreBias& bias) {
+                             const reference::ScoreBias& bias, Index chunk = 0) {
   const AttentionShape& s = cfg.shape;
   KVCache<T> cache(s, X.rows());
   RowMatrix<float> Y(X.rows(), s.d);
-  const RowMatrix<float> Xp = X.topRows(p);
-  const RowMatrix<float> Q = reference::rope<float>(reference::linear<float>(Xp, w.wq, w.bq),
-                                                    s.heads, s.head_dim, cfg.rope, 0);
-  cache.append(reference::rope<float>(reference::linear<float>(Xp, w.wk, w.bk), s.kv_heads,
-                                      s.head_dim, cfg.rope, 0),
-               reference::linear<float>(Xp, w.wv, w.bv));
-  const RowMatrix<float> Kc = cache.keys().view().template cast<float>();
-  const RowMatrix<float> Vc = cache.values().view().template cast<float>();
-  Y.topRows(p) = reference::linear<float>(
-      reference::attend<float>(Q, Kc, Vc, s, cfg.effective_scale(), true, 0, bias), w.wo, w.bo);
+  for (const auto& [first, count] : prefill_chunks(p, chunk)) {
+    const RowMatrix<float> Xp = X.middleRows(first, count);
+    const RowMatrix<float> Q = reference::rope<float>(reference::linear<float>(Xp, w.wq, w.bq),
+                                                      s.heads, s.head_dim, cfg.rope, first);
+    cache.append(reference::rope<float>(reference::linear<float>(Xp, w.wk, w.bk), s.kv_heads,
+                                        s.head_dim, cfg.rope, first),
+                 reference::linear<float>(Xp, w.wv, w.bv));
+    const RowMatrix<float> Kc = cache.keys().view().template cast<float>();
+    const RowMatrix<float> Vc = cache.values().view().template cast<float>();
+    Y.middleRows(first, count) = reference::linear<float>(
+        reference::attend<float>(Q, Kc, Vc, s, cfg.effective_scale(), true, first, bias), w.wo,
+        w.bo);
+  }
   std::vector<float> bias_buf;
   for (Index r = p; r < X.rows(); ++r) {
     const RowMatrix<float> x = X.row(r);
@@ -86,16 +102,21 @@ RowMatrix<float> run_vanilla(const reference::AttentionWeights<float>& w,
   return Y;
 }
 
-/// Prefill p rows of X, then decode the rest one token at a time, through the slim layer.
+/// Prefill p rows of X (in prefill_chunks(p, chunk)), then decode the rest one token at a time,
+/// through the slim layer.
 template <class Cache>
 RowMatrix<float> drive(const rewrite::SlimAttention<float>& slim, Cache& cache,
                        const RowMatrix<float>& X, Index p, ScoreOrder order,
-                       const reference::ScoreBias& bias, kernel::SlimWorkspace& ws) {
+                       const reference::ScoreBias& bias, kernel::SlimWorkspace& ws,
+                       Index chunk = 0) {
   const AttentionShape& s = slim.shape;
   RowMatrix<float> Y(X.rows(), s.d);
-  RowMatrix<float> Yp(p, s.d);
-  kernel::slim_prefill(X.topRows(p), slim, cache, Yp, ws, bias);
-  Y.topRows(p) = Yp;
+  for (const auto& [first, count] : prefill_chunks(p, chunk)) {
+    RowMatrix<float> Yp(count, s.d);
+    kernel::slim_prefill(X.middleRows(first, count), slim, cache, Yp, ws, bias);
+    EXPECT_EQ(cache.size(), first + count);
+    Y.middleRows(first, count) = Yp;
+  }
   std::vector<float> bias_buf;
   kernel::SlimDecodeOptions opt;
   opt.order = order;
@@ -118,18 +139,18 @@ RowMatrix<float> drive(const rewrite::SlimAttention<float>& slim, Cache& cache,
 template <class T>
 RowMatrix<float> run_slim(const rewrite::SlimAttention<float>& slim, KeyStorage storage,
                           const RowMatrix<float>& X, Index p, ScoreOrder order,
-                          const reference::ScoreBias& bias) {
+                          const reference::ScoreBias& bias, Index chunk = 0) {
   kernel::SlimWorkspace ws;
   if (slim.form == CacheForm::keys) {
     KCache<T> cache(slim.shape, X.rows(), storage, slim.cached_width);
-    return drive(slim, cache, X, p, order, bias, ws);
+    return drive(slim, cache, X, p, order, bias, ws, chunk);
   }
   if (slim.form == CacheForm::values) {
     VCache<T> cache(slim.shape, X.rows(), slim.cached_width);
-    return drive(slim, cache, X, p, order, bias, ws);
+    return drive(slim, cache, X, p, order, bias, ws, chunk);
   }
   XCache<T> cache(slim.shape, X.rows());
-  return drive(slim, cache, X, p, order, bias, ws);
+  return drive(slim, cache, X, p, order, bias, ws, chunk);
 }
 
 /// The §5 tolerance for a slim form: factor 2 times the error gain of the inverse (how much the
@@ -161,20 +182,22 @@ Outcome run_case(const Case& st, std::uint64_t seed) {
   const reference::ScoreBias bias =
       st.position_bias ? reference::ScoreBias(position_bias) : reference::ScoreBias();
   Outcome o;
-  // Reference in double: prefill, then one row at a time (as the runtime does).
+  // Reference in double: prefill (in the same chunks), then one row at a time (as the runtime
+  // does).
   reference::KVCache<double> rc;
   o.ref.resize(Xd.rows(), st.shape.d);
-  o.ref.topRows(st.prompt) =
-      reference::self_attention<double>(Xd.topRows(st.prompt), wd, cfg, rc, bias);
+  for (const auto& [first, count] : prefill_chunks(st.prompt, st.chunk))
+    o.ref.middleRows(first, count) =
+        reference::self_attention<double>(Xd.middleRows(first, count), wd, cfg, rc, bias);
   for (Index r = st.prompt; r < Xd.rows(); ++r)
     o.ref.row(r) = reference::self_attention<double>(Xd.row(r), wd, cfg, rc, bias);
   const RowMatrix<float> X = Xd.cast<float>();
-  o.vanilla = run_vanilla<T>(test::cast<float>(wd), cfg, X, st.prompt, bias);
+  o.vanilla = run_vanilla<T>(test::cast<float>(wd), cfg, X, st.prompt, bias, st.chunk);
   rewrite::SlimOptions opt;
   opt.form = st.form;
   const auto slim = rewrite::slim_attention<float, T>(wd, cfg, opt);
   o.report = slim.report;
-  o.slim = run_slim<T>(slim, st.storage, X, st.prompt, st.order, bias);
+  o.slim = run_slim<T>(slim, st.storage, X, st.prompt, st.order, bias, st.chunk);
   return o;
 }
 

@@ -271,7 +271,10 @@ TEST(SlimRewrite, UnrepresentableInHalfIsFlaggedOrRefused) {
   EXPECT_NE(slim.report.notes.find("not representable in f16"), std::string::npos);
   rewrite::SlimOptions strict;
   strict.strict = true;
-  EXPECT_THROW(rewrite::slim_attention<f16>(w, cfg, strict), NumericalError);
+  EXPECT_TRUE(test::throws<NumericalError>(
+      [&] { rewrite::slim_attention<f16>(w, cfg, strict); },
+      {"rewrite::slim_attention", "a transformed weight is not representable in f16",
+       "max finite 65504"}));
   EXPECT_TRUE(rewrite::slim_attention<float>(w, cfg, strict).report.representable);
 }
 
@@ -316,9 +319,11 @@ TEST(SlimRewrite, NarrowKvIsUnsupportedWithTheNumbers) {
   }
   // e exactly d/2 is also no compression.
   AttentionConfig half{{32, 4, 2, 8}, 0.0, RopeSpec::none()};
-  EXPECT_THROW(
-      rewrite::slim_attention<float>(test::random_attention<double>(half.shape, rng), half),
-      UnsupportedError);
+  EXPECT_TRUE(test::throws<UnsupportedError>(
+      [&] {
+        rewrite::slim_attention<float>(test::random_attention<double>(half.shape, rng), half);
+      },
+      {"no CacheForm::keys compression exists", "e = kv_heads*head_dim = 16 <= d/2 = 16"}));
 }
 
 TEST(SlimRewrite, RopeOnlyWithKeys) {
@@ -378,7 +383,8 @@ TEST(SlimRewrite, BadShapesNameTheArgument) {
             }).find("rope.rotary_dim expected even and <= head_dim=8, got 10"),
             std::string::npos);
   AttentionConfig bad_heads{{32, 4, 3, 8}, 0.0, RopeSpec::none()};
-  EXPECT_THROW(rewrite::slim_attention<float>(good, bad_heads), ShapeError);
+  EXPECT_TRUE(test::throws<ShapeError>([&] { rewrite::slim_attention<float>(good, bad_heads); },
+                                       {"shape.kv_heads expected a divisor of heads=4, got 3"}));
 }
 
 TEST(SlimRewrite, ValidateCatchesTamperedWeights) {
