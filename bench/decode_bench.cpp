@@ -8,6 +8,8 @@
 //                                                               + 2 h d dk (U_i W_KV,i)
 //   decode/paired/<type>/h:<h>/dk:128/n:<n>/threads:<all>  both in every iteration, alternating;
 //     counters slim_over_vanilla (median of per-iteration ratios), slim_ms, vanilla_ms
+//   decode/paired_rope_{raw,rotated}/<f32|bf16>/h:<4|8>/dk:128/n:16384/threads:<all>  the same
+//     with RoPE: slim rotates raw keys as it reads them, or un-rotates cached rotated keys
 // Caches are filled once; when one cache is smaller than 64 MB, several copies are cycled so each
 // iteration reads memory that is not in the last-level cache (cold-ish, as in a real model where
 // the other layers' caches evict this one).
@@ -16,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "roofline.hpp"
@@ -28,6 +31,7 @@
 namespace {
 
 using namespace ttx;
+using kernel::KeyRotation;
 
 constexpr double kColdBytes = 64.0 * (1 << 20);
 
@@ -80,7 +84,10 @@ struct VanillaStep {
 };
 
 /// Slim decode: K caches (cycled copies), W_KV at float working precision (d x d, head i =
-/// columns i*dk..), U and the heads (h x dk).
+/// columns i*dk..), U and the heads (h x dk). With a rotation, full-width half-split RoPE is
+/// applied per key as the kernel reads it (rotate_on_read: raw keys cached; unrotate_on_read:
+/// rotated keys cached, un-rotated for the sum) — the cost slim pays for RoPE, which a vanilla
+/// cache of rotated keys does not.
 template <class T>
 struct SlimStep {
   AttentionShape sh;
@@ -88,9 +95,10 @@ struct SlimStep {
   std::vector<std::unique_ptr<RowCache<T>>> caches;
   RowMatrix<float> wkv, U, H;
   RowVector<float> q;
+  RopeSpec rope;
   kernel::DecodeOptions opt;
   size_t next = 0;
-  SlimStep(Index h, Index dk, Index n, int threads)
+  SlimStep(Index h, Index dk, Index n, int threads, KeyRotation rotation = KeyRotation::none)
       : sh{h * dk, h, h, dk},
         cache_bytes(static_cast<double>(n * sh.d) * sizeof(T)),
         flops(2.0 * static_cast<double>(n * h * dk) + 2.0 * static_cast<double>(h * n * sh.d) +
@@ -98,7 +106,8 @@ struct SlimStep {
         wkv(sh.d, sh.d),
         U(h, sh.d),
         H(h, dk),
-        q(sh.q_width()) {
+        q(sh.q_width()),
+        rope(RopeSpec::full(dk, RopeLayout::half_split)) {
     const Index d = sh.d;
     for (int c = 0, nc = copies_for(cache_bytes); c < nc; ++c) {
       caches.push_back(std::make_unique<RowCache<T>>(d, n));
@@ -108,6 +117,10 @@ struct SlimStep {
     wkv /= static_cast<float>(std::sqrt(static_cast<double>(d)));
     fill(q.data(), q.size(), 99);
     opt.threads = threads;
+    if (rotation != KeyRotation::none) {
+      opt.rope = &rope;
+      opt.rotation = rotation;
+    }
   }
   double bytes() const { return cache_bytes + static_cast<double>(sh.d * sh.d) * sizeof(float); }
   void run() {
@@ -130,9 +143,10 @@ void bm_step(benchmark::State& state, Step& step, int threads) {
 /// slim_over_vanilla cancels this VM's bandwidth drift, which moves the separate runs' medians by
 /// 10-30 % between repetitions.
 template <class T>
-void bm_paired(benchmark::State& state, Index h, Index dk, Index n, int threads) {
+void bm_paired(benchmark::State& state, Index h, Index dk, Index n, int threads,
+               KeyRotation rotation = KeyRotation::none) {
   VanillaStep<T> van(h, dk, n, threads);
-  SlimStep<T> slim(h, dk, n, threads);
+  SlimStep<T> slim(h, dk, n, threads, rotation);
   van.run();  // first touch of the outputs and the per-thread scratch
   slim.run();
   const bench::PairedMedians m = bench::run_paired(
@@ -187,6 +201,22 @@ void register_type() {
           ->MinTime(0.5)
           ->Unit(benchmark::kMillisecond);
     }
+  // The same pairs with RoPE (float and bf16 caches, h 4 and 8, n 16384): vanilla caches rotated
+  // keys and is unchanged; slim rotates (or un-rotates) every key it reads.
+  if constexpr (!std::is_same_v<T, f16>)
+    for (Index h : {4, 8})
+      for (KeyRotation rot : {KeyRotation::rotate_on_read, KeyRotation::unrotate_on_read}) {
+        const auto keys = {
+            std::pair<const char*, long long>{"h", h}, {"dk", 128}, {"n", 16384}, {"threads", all}};
+        const char* variant =
+            rot == KeyRotation::rotate_on_read ? "paired_rope_raw" : "paired_rope_rotated";
+        benchmark::RegisterBenchmark(
+            bench::name("decode", variant, type_name<T>(), keys).c_str(),
+            [=](benchmark::State& s) { bm_paired<T>(s, h, 128, 16384, all, rot); })
+            ->UseManualTime()
+            ->MinTime(0.5)
+            ->Unit(benchmark::kMillisecond);
+      }
 }
 
 const bool registered = [] {
