@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
@@ -277,6 +278,27 @@ TYPED_TEST(DecodeTyped, WeightedKeysRotationModes) {
         }
 }
 
+// The rotation kernels' blocking (detail/rotated_keys.hpp): scores rotate four keys at a time for
+// up to four heads of a group (1, 2, 3 and 4 + 1 heads per group below) in steps of 16 lanes
+// (half-split r/2 and interleaved r of 4, 7, 8, 12, 20 and 40 leave masked tails; r < head_dim
+// leaves unrotated columns), a block of fewer than four keys runs on a padded copy (n 5 and 150,
+// tile 13), and positions cross the cos/sin tables' 64-position rows (n 150); the un-rotation
+// for the sum writes whole rows the same way.
+TYPED_TEST(DecodeTyped, WeightedKeysRotationBlocks) {
+  test::Rng rng(24);
+  const std::vector<Shape> shapes = {{5, 5, 40}, {4, 2, 16}, {6, 2, 80}, {10, 2, 24}};
+  for (const Shape& s : shapes)
+    for (KeyRotation rot : {KeyRotation::rotate_on_read, KeyRotation::unrotate_on_read})
+      for (RopeLayout layout : {RopeLayout::interleaved, RopeLayout::half_split})
+        for (Index r : {s.head_dim, 2 * (s.head_dim * 3 / 10)}) {
+          RopeSpec rope = RopeSpec::full(s.head_dim, layout);
+          rope.rotary_dim = r;
+          for (Index n : {Index(5), Index(150)})
+            for (auto [tile, threads] : {std::pair<Index, int>{0, 2}, {13, 1}})
+              slim_case<TypeParam>(s, n, 0, rot, rope, n == 150, tile, threads, rng);
+        }
+}
+
 TYPED_TEST(DecodeTyped, WeightedKeysWideCacheTilesAndThreads) {
   test::Rng rng(23);
   // w > e (a completed GQA basis): the extra columns join the weighted sum, never the scores.
@@ -347,6 +369,52 @@ TEST(Decode, ThreadsAgreeWithinRoundoff) {
   kernel::decode_vanilla<float>(q, kv, sh, one, o1);
   kernel::decode_vanilla<float>(q, kv, sh, two, o2);
   EXPECT_TRUE(test::close_to(o2, o1, bound, "thread split reorders float sums", "f32"));
+}
+
+// The decode kernels' cos/sin lanes: cos/sin(m theta_p) from the 64-position tables by angle
+// addition in double, rounded once. Against std::cos/sin of the double angle m * theta_p: the two
+// angles differ by rounding (<= 4097 * 2^-52 ~ 1e-12 here), which can move a value across a float
+// rounding boundary, so each lane is within one float ulp plus 1e-11. Laid out per the layout
+// (interleaved: (c, c) and sign (-s, s) per pair), in chunks of 16 `stride` apart, zero past the
+// last lane.
+TEST(Decode, RopeLanesMatchCosSin) {
+  for (RopeLayout layout : {RopeLayout::interleaved, RopeLayout::half_split})
+    for (Index r : {Index(2), Index(26), Index(40), Index(128)}) {
+      RopeSpec spec = RopeSpec::full(r, layout);
+      kernel::detail::RopeTable table;
+      table.prepare(spec, 5000);
+      const std::vector<double> freqs = spec.frequencies();
+      const Index lanes = table.lanes(), chunks = (lanes + 15) / 16, stride = 24;
+      ASSERT_EQ(lanes, layout == RopeLayout::interleaved ? r : r / 2);
+      for (Index m :
+           {Index(0), Index(1), Index(63), Index(64), Index(65), Index(1000), Index(4097)})
+        for (float sign : {1.0f, -1.0f}) {
+          std::vector<float> c(static_cast<size_t>(chunks * stride), 7.0f), s = c;
+          table.at_lanes(m, sign, c.data(), s.data(), stride);
+          for (Index x = 0; x < chunks * 16; ++x) {
+            SCOPED_TRACE(testing::Message()
+                         << "r=" << r << " m=" << m << " sign=" << sign << " lane=" << x);
+            const size_t at = static_cast<size_t>((x / 16) * stride + x % 16);
+            if (x >= lanes) {
+              EXPECT_EQ(c[at], 0.0f);
+              EXPECT_EQ(s[at], 0.0f);
+              continue;
+            }
+            const Index p = layout == RopeLayout::interleaved ? x / 2 : x;
+            const double angle = static_cast<double>(m) * freqs[static_cast<size_t>(p)];
+            const float lane_sign = layout == RopeLayout::interleaved && x % 2 == 0 ? -1.0f : 1.0f;
+            const float want_c = static_cast<float>(std::cos(angle));
+            const float want_s = lane_sign * sign * static_cast<float>(std::sin(angle));
+            EXPECT_LE(std::abs(c[at] - want_c),
+                      std::nextafter(std::abs(want_c), 2.0f) - std::abs(want_c));
+            EXPECT_LE(std::abs(s[at] - want_s),
+                      std::nextafter(std::abs(want_s), 2.0f) - std::abs(want_s));
+          }
+          for (Index x = 0; x < chunks; ++x)  // the gaps between chunks are not written
+            for (Index g = 16; g < stride && x + 1 < chunks; ++g)
+              EXPECT_EQ(c[static_cast<size_t>(x * stride + g)], 7.0f);
+        }
+    }
 }
 
 // A rope table built for one spec must not be reused for another (it is cached per thread).

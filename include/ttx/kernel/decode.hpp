@@ -28,6 +28,7 @@
 #include "ttx/core/types.hpp"
 #include "ttx/kernel/detail/decode_simd.hpp"
 #include "ttx/kernel/detail/rope_table.hpp"
+#include "ttx/kernel/detail/rotated_keys.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -104,8 +105,9 @@ struct Stream {
 /// Per-thread working memory, kept between calls so the hot path does not allocate.
 struct Scratch {
   std::vector<float, Eigen::aligned_allocator<float>> S;  // aligned for Eigen's vectorised exp
-  std::vector<float> R, cs, sn, C, m, l, alpha;
+  std::vector<float> R, C, m, l, alpha;                   // R: a tile's un-rotated keys
   std::vector<float> heads;  // decode_heads_from_weighted's partial heads
+  RotatedKeysScratch rotated;
 };
 inline Scratch& thread_scratch() {
   static thread_local Scratch s;
@@ -129,11 +131,8 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
   grow(sc.m, h);
   grow(sc.l, h);
   grow(sc.alpha, h);
-  if (rotating) {
-    grow(sc.R, B * s.rot_cols);
-    grow(sc.cs, s.rope->pairs());
-    grow(sc.sn, s.rope->pairs());
-  }
+  const bool unrotating = rotating && s.rotation == KeyRotation::unrotate_on_read;
+  if (unrotating) grow(sc.R, B * s.rot_cols);
   float* C = sc.C.data();
   float* S = sc.S.data();
   std::fill(C, C + h * oc, 0.0f);
@@ -142,22 +141,19 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
   for (Index j0 = lo; j0 < hi; j0 += B) {
     const Index b = std::min(B, hi - j0);
     const T* Kt = K + j0 * ldk;
-    if (rotating) {
-      // The tile's first rot_cols columns, rotated (+) for the scores or un-rotated (-) for the
-      // sum.
-      const float sign = s.rotation == KeyRotation::rotate_on_read ? 1.0f : -1.0f;
-      const Index r = s.rope->rotary_dim();
-      for (Index jj = 0; jj < b; ++jj) {
-        s.rope->at(j0 + jj, sign, sc.cs.data(), sc.sn.data());
-        for (Index c = 0; c < s.rot_cols; c += s.head_dim)
-          rotate_head(Kt + jj * ldk + c, sc.R.data() + jj * s.rot_cols + c, s.head_dim, r,
-                      s.rope->layout(), sc.cs.data(), sc.sn.data());
-      }
-    }
+    // The next (full) tile is prefetched into L2 while this one computes: by the product below,
+    // or, when this tile's keys are un-rotated into R first, by that pass (the product then reads
+    // R, not the cache).
+    const bool next_full = j0 + 2 * B <= hi;
+    const T* Kn = next_full ? Kt + B * ldk : nullptr;
+    if (unrotating)  // the tile's first rot_cols columns, un-rotated (-j theta) for the sum
+      rotate_rows(Kt, ldk, b, *s.rope, j0, -1.0f, s.rot_cols / s.head_dim, s.head_dim, sc.R.data(),
+                  s.rot_cols, Kn, sc.rotated);
     // Scores, head-major (S[i * ldS + jj]); rows past b and the padding stay -inf so the softmax
     // statistics and the vectorised exp can run over whole, aligned rows.
-    if (rotating && s.rotation == KeyRotation::rotate_on_read)
-      tile_scores(s.q, s.q_ld, s.groups, s.hg, sc.R.data(), s.rot_cols, s.L, b, S, ldS);
+    if (rotating && !unrotating)
+      tile_scores_rotated(s.q, s.q_ld, s.groups, s.hg, Kt, ldk, s.L, b, S, ldS, *s.rope, j0, 1.0f,
+                          sc.rotated);
     else
       tile_scores(s.q, s.q_ld, s.groups, s.hg, Kt, ldk, s.L, b, S, ldS);
     for (Index i = 0; i < h; ++i) {
@@ -177,10 +173,8 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
       sc.alpha[static_cast<size_t>(i)] = alpha;
     }
     const float* alpha = sc.alpha.data();
-    // While this tile's product runs, the next (full) tile is prefetched into L2: slab by slab,
-    // or for MHA in address order (the heads' slices of a row are far apart there).
-    const bool next_full = j0 + 2 * B <= hi;
-    const T* Kn = next_full ? Kt + B * ldk : nullptr;
+    // The product's prefetch goes slab by slab, or for MHA in address order (the heads' slices of
+    // a row are far apart there).
     const T* Vn = next_full && s.per_group ? V + (j0 + B) * ldv : nullptr;
     if (s.per_group && s.hg == 1) {  // MHA: every head has its own key and value segment
       tile_product_heads(S, ldS, h, b, V + j0 * ldv, ldv, s.L, C, oc, alpha, Vn,
@@ -190,11 +184,11 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
         tile_product(S + g * s.hg * ldS, ldS, s.hg, b, V + j0 * ldv + g * s.L, ldv, s.L,
                      C + g * s.hg * oc, oc, alpha + g * s.hg, Vn ? Vn + g * s.L : Vn,
                      Kn && ldk == ldv ? Kn + g * s.L : nullptr);
-    } else if (rotating && s.rotation == KeyRotation::unrotate_on_read) {
+    } else if (unrotating) {
       tile_product(S, ldS, h, b, sc.R.data(), s.rot_cols, s.rot_cols, C, oc, alpha);
       if (oc > s.rot_cols)
-        tile_product(S, ldS, h, b, Kt + s.rot_cols, ldk, oc - s.rot_cols, C + s.rot_cols, oc, alpha,
-                     Kn ? Kn + s.rot_cols : Kn);
+        tile_product(S, ldS, h, b, Kt + s.rot_cols, ldk, oc - s.rot_cols, C + s.rot_cols, oc,
+                     alpha);
     } else {
       tile_product(S, ldS, h, b, Kt, ldk, oc, C, oc, alpha, Kn);
     }
