@@ -217,14 +217,22 @@ inline int resolve_threads(int requested) {
 ///   each call, median of 25, 1 and 2 threads): h 4 head_dim 64 bf16 0.72-0.88x, f32 0.79-0.98x;
 ///   h 2 and h 6 (bf16) 0.72-1.04x; h 4 head_dim 128 bf16 0.95-0.97x. Where they do not fit
 ///   (h 4 head_dim 128 f32, h >= 8) the smaller tile measured 0.93-1.05x, so the L2 tile stays.
+/// - Un-rotating writes each key's rotated columns again, as floats (buffer_bytes per row), and
+///   the product reads that buffer: the L2 tile counts it, and its floor is 4h keys. Measured
+///   against the rule without it (same process, n 16384, head_dim 128, 2 threads, flushed, median
+///   of 15): f32 h 4 (tile 96 -> 48) 0.84x the time, f32 h 8 (64 -> 32) 0.82x, bf16 h 8 (96 -> 32)
+///   0.92x; bf16 h 4 keeps its L1 tile of 32.
 /// Then no larger than one tile per thread needs.
-inline Index resolve_tile(Index requested, Index row_bytes, Index acc_rows, Index n, int threads) {
+inline Index resolve_tile(Index requested, Index row_bytes, Index acc_rows, Index n, int threads,
+                          Index buffer_bytes = 0) {
   if (requested > 0) return requested;
   const Index bytes = std::max<Index>(1, row_bytes);
   const bool l1_tile = acc_rows > 0 && 8 * acc_rows * bytes <= (Index(48) << 10);
-  const Index cache_rows = (l1_tile ? Index(16) << 10 : Index(192) << 10) / bytes;
+  const Index cache_rows =
+      l1_tile ? (Index(16) << 10) / bytes : (Index(192) << 10) / (bytes + buffer_bytes);
+  const Index floor = (l1_tile || buffer_bytes == 0 ? 8 : 4) * acc_rows;
   const Index per_thread = (n + threads - 1) / std::max(1, threads);
-  const Index rows = std::min(std::max(cache_rows, 8 * acc_rows), per_thread);
+  const Index rows = std::min(std::max(cache_rows, floor), per_thread);
   return std::clamp<Index>((rows + 15) / 16 * 16, 16, 512);
 }
 
@@ -304,7 +312,9 @@ template <class T>
 void run_all_heads(const Stream& s, const T* rows, Index w, const DecodeOptions& opt,
                    Eigen::Ref<RowMatrix<float>> U) {
   const int threads = resolve_threads(opt.threads);
-  const Index B = resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)), s.heads, s.n, threads);
+  const bool unrotating = s.rotation == KeyRotation::unrotate_on_read && s.rope;
+  const Index B = resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)), s.heads, s.n, threads,
+                               unrotating ? s.rot_cols * static_cast<Index>(sizeof(float)) : 0);
   if (U.outerStride() == w) {
     run_stream(s, rows, w, rows, w, B, threads, U.data(), w);
   } else {
