@@ -8,10 +8,11 @@
 //
 // How (PERF-NOTES.md): the cache is streamed once. Threads take contiguous key ranges; each walks
 // its range in tiles of a few hundred keys sized for L2. Per tile it computes every head's scores
-// from the tile (token-major rows hold all heads contiguously), rotates/un-rotates keys in the
-// tile when asked, updates an online (running-max) softmax, and accumulates the tile's
-// P (h x tile) * K (tile x w) with a register-blocked AVX-512 kernel while the tile is still in
-// cache. Partial results merge with a log-sum-exp rescale at the end.
+// from the tile (token-major rows hold all heads contiguously; raw keys are rotated in registers
+// when asked, detail/rotated_keys.hpp), updates an online (running-max) softmax, and accumulates
+// the tile's P (h x tile) * K (tile x w) with a register-blocked AVX-512 kernel while the tile is
+// still in cache (keys cached rotated are first un-rotated into a float buffer for it). Partial
+// results merge with a log-sum-exp rescale at the end.
 #pragma once
 
 #include <algorithm>
