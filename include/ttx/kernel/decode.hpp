@@ -95,10 +95,10 @@ struct Stream {
   const float* q = nullptr;
   Index q_ld = 0, groups = 0, hg = 0, L = 0;
   float scale = 1;
-  const float* bias = nullptr;  ///< heads x n
-  KeyRotation rotation = KeyRotation::none;
-  const RopeTable* rope = nullptr;
-  Index head_dim = 0, rot_cols = 0;  ///< rotation acts on whole heads within [0, rot_cols)
+  const float* bias = nullptr;               ///< heads x n
+  KeyRotation rotation = KeyRotation::none;  ///< none when RoPE rotates nothing (rotary_dim 0)
+  const RopeTable* rope = nullptr;           ///< set whenever rotation is not none
+  Index head_dim = 0, rot_cols = 0;          ///< rotation acts on whole heads within [0, rot_cols)
   bool per_group = false;
   Index sum_cols = 0;  ///< output values per head
 };
@@ -125,14 +125,13 @@ template <class T>
 void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv, Index lo, Index hi,
                   Index B, Scratch& sc) {
   const Index h = s.heads, oc = s.sum_cols;
-  const bool rotating = s.rotation != KeyRotation::none && s.rope && s.rope->rotary_dim() > 0;
   const Index ldS = (B + 15) / 16 * 16;  // 64-byte aligned head rows
   grow(sc.S, h * ldS);
   grow(sc.C, h * oc);
   grow(sc.m, h);
   grow(sc.l, h);
   grow(sc.alpha, h);
-  const bool unrotating = rotating && s.rotation == KeyRotation::unrotate_on_read;
+  const bool unrotating = s.rotation == KeyRotation::unrotate_on_read;
   if (unrotating) grow(sc.R, B * s.rot_cols);
   float* C = sc.C.data();
   float* S = sc.S.data();
@@ -152,7 +151,7 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
                   s.rot_cols, Kn, sc.rotated);
     // Scores, head-major (S[i * ldS + jj]); rows past b and the padding stay -inf so the softmax
     // statistics and the vectorised exp can run over whole, aligned rows.
-    if (rotating && !unrotating)
+    if (s.rotation == KeyRotation::rotate_on_read)
       tile_scores_rotated(s.q, s.q_ld, s.groups, s.hg, Kt, ldk, s.L, b, S, ldS, *s.rope, j0, 1.0f,
                           sc.rotated);
     else
@@ -313,7 +312,7 @@ template <class T>
 void run_all_heads(const Stream& s, const T* rows, Index w, const DecodeOptions& opt,
                    Eigen::Ref<RowMatrix<float>> U) {
   const int threads = resolve_threads(opt.threads);
-  const bool unrotating = s.rotation == KeyRotation::unrotate_on_read && s.rope;
+  const bool unrotating = s.rotation == KeyRotation::unrotate_on_read;
   const Index B = resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)), s.heads, s.n, threads,
                                unrotating ? s.rot_cols * static_cast<Index>(sizeof(float)) : 0);
   if (U.outerStride() == w) {
@@ -386,11 +385,11 @@ void decode_weighted_keys(Eigen::Ref<const RowVector<float>> q, const RowCache<T
   detail::Stream s = detail::score_stream(
       keys.size(), shape.heads, q.data(), dk, shape.kv_heads, dk,
       static_cast<float>(opt.scale != 0 ? opt.scale : shape.default_scale()), opt.score_bias);
-  s.rotation = opt.rotation;
   s.head_dim = dk;
   s.rot_cols = e;
   s.sum_cols = w;
-  if (opt.rotation != KeyRotation::none) {
+  if (opt.rotation != KeyRotation::none && opt.rope->rotary_dim > 0) {
+    s.rotation = opt.rotation;
     detail::RopeTable& table = detail::thread_rope_table();
     table.prepare(*opt.rope, s.n);
     s.rope = &table;
