@@ -117,8 +117,6 @@ inline void dots_4keys_rotated(const float* q, Index q_ld, const T* k, Index ld,
     _mm_storeu_ps(S + t * ldS, hsum4(a[0][t][0], a[0][t][1], a[0][t][2], a[0][t][3]));
 }
 
-#endif
-
 /// sc.cs (as dots_4keys_rotated reads it) for the keys at positions m0 + x, x < count <= 4; keys
 /// past count repeat the last one.
 inline void rotated_lanes_4(const RopeTable& rope, Index m0, Index count, float sign,
@@ -131,87 +129,7 @@ inline void rotated_lanes_4(const RopeTable& rope, Index m0, Index count, float 
                   sc.cs.data() + 32 * x + 16, 128);
 }
 
-/// S[i * ldS + jj] = dot(q_i, key row jj's segment g(i) (columns [g L, (g + 1) L), g = i / hg)
-/// rotated by sign * (j0 + jj) theta on its first rope.rotary_dim() values) for jj < b. Every
-/// segment is one RoPE head (L = head_dim). Four keys at a time: their cos/sin lanes (shared by
-/// all heads) are formed once, and each segment is loaded and rotated once for the up to four
-/// query heads of its group. Writes S up to column round_up(b, 4) (the caller's padding).
-template <class T>
-inline void tile_scores_rotated(const float* q, Index q_ld, Index groups, Index hg, const T* rows,
-                                Index ld, Index L, Index b, float* S, Index ldS,
-                                const RopeTable& rope, Index j0, float sign,
-                                RotatedKeysScratch& sc) {
-  const Index r = rope.rotary_dim(), w = groups * L;
-  const bool interleaved = rope.layout() == RopeLayout::interleaved;
-  for (Index jj = 0; jj < b; jj += 4) {
-    const Index bb = std::min<Index>(4, b - jj);
-    rotated_lanes_4(rope, j0 + jj, bb, sign, sc);
-#ifdef TTX_DECODE_AVX512
-    // The rows two blocks ahead, into L1. The next-tile prefetch of the product pass does not
-    // bring the whole tile in ahead of this pass, and with ~3x the plain pass's instructions per
-    // key the core keeps fewer misses in flight on its own. Measured against no prefetch here (n
-    // 16384, 2 threads, flushed, median of 15; same process, then builds run back to back):
-    // head_dim 128 f32 h 4 0.72-0.80x the time, h 8 0.93-1.0x, bf16 h 4 0.68-1.0x, h 8
-    // 0.86-0.92x; head_dim 64 0.58-0.88x. 4 and 16 rows ahead about the same, 32 worse, into L2
-    // (T1) less; the plain score pass gains little from it (f32 h 4 0.92x, h 8 1.0x).
-    for (Index x = jj + 8; x < std::min(b, jj + 12); ++x)
-      for (Index o = 0; o < w * static_cast<Index>(sizeof(T)); o += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(rows + x * ld) + o, _MM_HINT_T0);
-    // A short last block runs on a copy of its keys, the last repeated (their scores land in the
-    // padding).
-    const T* keys = rows + jj * ld;
-    Index kld = ld;
-    if (bb < 4) {
-      static thread_local std::vector<T> tail;
-      if (tail.size() < static_cast<size_t>(4 * w)) tail.resize(static_cast<size_t>(4 * w));
-      T* copy = tail.data();
-      for (Index x = 0; x < 4; ++x) std::copy_n(keys + std::min(x, bb - 1) * ld, w, copy + x * w);
-      keys = copy;
-      kld = w;
-    }
-    for (Index g = 0; g < groups; ++g) {
-      const float* qg = q + g * hg * q_ld;
-      float* Sg = S + g * hg * ldS + jj;
-      for (Index t = 0; t < hg; t += 4)
-        with_block_of_4(hg - t, [&](auto G) {
-          constexpr int kG = decltype(G)::value;
-          if (interleaved)
-            dots_4keys_rotated<kG, true>(qg + t * q_ld, q_ld, keys + g * L, kld, L, r, sc.cs.data(),
-                                         Sg + t * ldS, ldS);
-          else
-            dots_4keys_rotated<kG, false>(qg + t * q_ld, q_ld, keys + g * L, kld, L, r,
-                                          sc.cs.data(), Sg + t * ldS, ldS);
-        });
-    }
-#else
-    // Portable: rotate the block's keys into a small buffer, then the plain dots.
-    if (sc.rows.size() < static_cast<size_t>(4 * w)) sc.rows.resize(static_cast<size_t>(4 * w));
-    for (Index x = 0; x < bb; ++x)
-      for (Index g = 0; g < groups; ++g) {
-        const T* kx = rows + (jj + x) * ld + g * L;
-        float* out = sc.rows.data() + x * w + g * L;
-        for (Index v = 0; v < rope.lanes(); v += 16) {
-          const float* c = sc.cs.data() + 128 * (v / 16) + 32 * x;
-          const float* s = c + 16;
-          for (Index i = 0; i < 16 && v + i < rope.lanes(); ++i) {
-            if (interleaved) {
-              // lanes (c_p, c_p), (-s_p, s_p): x c + swap(x) s
-              const Index e = v + i;
-              out[e] = to_float(kx[e]) * c[i] + to_float(kx[e ^ 1]) * s[i];
-            } else {
-              const Index p = v + i, h = r / 2;
-              const float a0 = to_float(kx[p]), a1 = to_float(kx[p + h]);
-              out[p] = a0 * c[i] - a1 * s[i];
-              out[p + h] = a0 * s[i] + a1 * c[i];
-            }
-          }
-        }
-        for (Index v = r; v < L; ++v) out[v] = to_float(kx[v]);
-      }
-    tile_scores(q, q_ld, groups, hg, sc.rows.data(), w, L, bb, S + jj, ldS);
 #endif
-  }
-}
 
 /// out (count x groups*L floats, out_ld apart) = rows (ld apart) with every L-value segment's
 /// first rope.rotary_dim() values rotated by sign * (m0 + x) theta (x the row). next (may be
@@ -280,6 +198,71 @@ inline void rotate_rows(const T* rows, Index ld, Index count, const RopeTable& r
       for (Index v = r; v < L; ++v) o[v] = to_float(k[v]);
 #endif
     }
+  }
+}
+
+/// S[i * ldS + jj] = dot(q_i, key row jj's segment g(i) (columns [g L, (g + 1) L), g = i / hg)
+/// rotated by sign * (j0 + jj) theta on its first rope.rotary_dim() values) for jj < b. Every
+/// segment is one RoPE head (L = head_dim). Four keys at a time: their cos/sin lanes (shared by
+/// all heads) are formed once, and each segment is loaded and rotated once for the up to four
+/// query heads of its group. Writes S up to column round_up(b, 4) (the caller's padding).
+template <class T>
+inline void tile_scores_rotated(const float* q, Index q_ld, Index groups, Index hg, const T* rows,
+                                Index ld, Index L, Index b, float* S, Index ldS,
+                                const RopeTable& rope, Index j0, float sign,
+                                RotatedKeysScratch& sc) {
+  const Index w = groups * L;
+#ifdef TTX_DECODE_AVX512
+  const Index r = rope.rotary_dim();
+  const bool interleaved = rope.layout() == RopeLayout::interleaved;
+#endif
+  for (Index jj = 0; jj < b; jj += 4) {
+    const Index bb = std::min<Index>(4, b - jj);
+#ifdef TTX_DECODE_AVX512
+    rotated_lanes_4(rope, j0 + jj, bb, sign, sc);
+    // The rows two blocks ahead, into L1. The next-tile prefetch of the product pass does not
+    // bring the whole tile in ahead of this pass, and with ~3x the plain pass's instructions per
+    // key the core keeps fewer misses in flight on its own. Measured against no prefetch here (n
+    // 16384, 2 threads, flushed, median of 15; same process, then builds run back to back):
+    // head_dim 128 f32 h 4 0.72-0.80x the time, h 8 0.93-1.0x, bf16 h 4 0.68-1.0x, h 8
+    // 0.86-0.92x; head_dim 64 0.58-0.88x. 4 and 16 rows ahead about the same, 32 worse, into L2
+    // (T1) less; the plain score pass gains little from it (f32 h 4 0.92x, h 8 1.0x).
+    for (Index x = jj + 8; x < std::min(b, jj + 12); ++x)
+      for (Index o = 0; o < w * static_cast<Index>(sizeof(T)); o += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(rows + x * ld) + o, _MM_HINT_T0);
+    // A short last block runs on a copy of its keys, the last repeated (their scores land in the
+    // padding).
+    const T* keys = rows + jj * ld;
+    Index kld = ld;
+    if (bb < 4) {
+      static thread_local std::vector<T> tail;
+      if (tail.size() < static_cast<size_t>(4 * w)) tail.resize(static_cast<size_t>(4 * w));
+      T* copy = tail.data();
+      for (Index x = 0; x < 4; ++x) std::copy_n(keys + std::min(x, bb - 1) * ld, w, copy + x * w);
+      keys = copy;
+      kld = w;
+    }
+    for (Index g = 0; g < groups; ++g) {
+      const float* qg = q + g * hg * q_ld;
+      float* Sg = S + g * hg * ldS + jj;
+      for (Index t = 0; t < hg; t += 4)
+        with_block_of_4(hg - t, [&](auto G) {
+          constexpr int kG = decltype(G)::value;
+          if (interleaved)
+            dots_4keys_rotated<kG, true>(qg + t * q_ld, q_ld, keys + g * L, kld, L, r, sc.cs.data(),
+                                         Sg + t * ldS, ldS);
+          else
+            dots_4keys_rotated<kG, false>(qg + t * q_ld, q_ld, keys + g * L, kld, L, r,
+                                          sc.cs.data(), Sg + t * ldS, ldS);
+        });
+    }
+#else
+    // Portable: rotate the block's keys into a small buffer, then the plain dots.
+    if (sc.rows.size() < static_cast<size_t>(4 * w)) sc.rows.resize(static_cast<size_t>(4 * w));
+    rotate_rows(rows + jj * ld, ld, bb, rope, j0 + jj, sign, groups, L, sc.rows.data(), w,
+                static_cast<const T*>(nullptr), sc);
+    tile_scores(q, q_ld, groups, hg, sc.rows.data(), w, L, bb, S + jj, ldS);
+#endif
   }
 }
 
