@@ -7,7 +7,9 @@
 //   slim     bytes n d sizeof(T) + d d 4 (float W_KV)     flops 2 n h dk (scores) + 2 h n d (S K)
 //                                                               + 2 h d dk (U_i W_KV,i)
 //   decode/paired/<type>/h:<h>/dk:128/n:<n>/threads:<all>  both in every iteration, alternating;
-//     counters slim_over_vanilla (median of per-iteration ratios), slim_ms, vanilla_ms
+//     counters slim_over_vanilla (median of per-iteration ratios), slim_ms, vanilla_ms, and
+//     {slim,vanilla}_read_fraction: a plain read of the kernel's bytes, timed in the same
+//     iteration, over the kernel's time (the bandwidth roofline fraction measured in the moment)
 //   decode/paired_rope_{raw,rotated}/<f32|bf16>/h:<4|8>/dk:128/n:16384/threads:<all>  the same
 //     with RoPE: slim rotates raw keys as it reads them, or un-rotates cached rotated keys
 // Caches are filled once; when one cache is smaller than 64 MB, several copies are cycled so each
@@ -150,11 +152,13 @@ void bm_paired(benchmark::State& state, Index h, Index dk, Index n, int threads,
   van.run();  // first touch of the outputs and the per-thread scratch
   slim.run();
   const bench::PairedMedians m = bench::run_paired(
-      state, [&] { van.run(); }, [&] { slim.run(); });
+      state, [&] { van.run(); }, [&] { slim.run(); }, van.bytes(), slim.bytes(), threads);
   bench::report(state, van.bytes() + slim.bytes(), van.flops + slim.flops, threads);
   state.counters["slim_over_vanilla"] = m.b_over_a;
   state.counters["slim_ms"] = 1e3 * m.b_seconds;
   state.counters["vanilla_ms"] = 1e3 * m.a_seconds;
+  state.counters["slim_read_fraction"] = m.b_read_fraction;
+  state.counters["vanilla_read_fraction"] = m.a_read_fraction;
 }
 
 /// 1 and all threads: the two counts the roofline is measured for.

@@ -8,7 +8,10 @@
 //   flashnorm_linear/paired/<type>/d:<d>/k:<k>/batch:<b>  both, alternating within every
 // iteration (order swapped each time); counter fused_over_unfused = median of the per-iteration
 // time ratios. This VM's bandwidth drifts within seconds (the separate runs above show 20-30 %
-// spreads at batch 1); pairs measured microseconds apart cancel most of that drift.
+// spreads at batch 1); pairs measured microseconds apart cancel most of that drift. Counters
+// fused_read_fraction / unfused_read_fraction: a plain read of the same bytes from memory, timed in
+// the same iteration, over the kernel's time (median): the bandwidth roofline fraction without the
+// drift of the start-of-run probe.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -91,15 +94,17 @@ void bm_paired(benchmark::State& state, Index d, Index k, Index b) {
     next = (next + 1) % s.w.size();
     run_once(s, w, fused);
   };
-  const bench::PairedMedians m = bench::run_paired(
-      state, [&] { once(false); }, [&] { once(true); });
   const double bytes =
       static_cast<double>(d * k) * sizeof(T) + static_cast<double>(b * (d + k)) * 4;
+  const bench::PairedMedians m = bench::run_paired(
+      state, [&] { once(false); }, [&] { once(true); }, bytes, bytes, bench::max_threads());
   const double flops = 2.0 * static_cast<double>(b * d * k);
   bench::report(state, 2 * bytes, 2 * flops, bench::max_threads());  // both products
   state.counters["fused_over_unfused"] = m.b_over_a;
   state.counters["fused_ms"] = 1e3 * m.b_seconds;
   state.counters["unfused_ms"] = 1e3 * m.a_seconds;
+  state.counters["fused_read_fraction"] = m.b_read_fraction;
+  state.counters["unfused_read_fraction"] = m.a_read_fraction;
 }
 
 template <class T>

@@ -58,29 +58,38 @@ float streaming_sum(const float* p, size_t count) {
   return s;
 }
 
-// Read bandwidth over a buffer far larger than the last-level cache, each thread streaming its
-// own contiguous share (threads started before the clock so only the reading is timed).
+// 512 MB, far larger than the last-level cache.
+std::vector<float>& probe_buffer() {
+  static std::vector<float> buf((size_t(512) << 20) / sizeof(float), 1.0f);
+  return buf;
+}
+
+// Seconds to read [p, p + count) with `threads` threads, each streaming its own contiguous share
+// (threads started before the clock so only the reading is timed; the slowest thread's span).
+double timed_read(const float* p, size_t count, int threads) {
+  std::vector<float> partial(static_cast<size_t>(threads), 0.f);
+  std::vector<double> spans(static_cast<size_t>(threads), 0.0);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      const size_t lo = count * static_cast<size_t>(t) / static_cast<size_t>(threads);
+      const size_t hi = count * static_cast<size_t>(t + 1) / static_cast<size_t>(threads);
+      const double t0 = now();
+      partial[static_cast<size_t>(t)] = streaming_sum(p + lo, hi - lo);
+      spans[static_cast<size_t>(t)] = now() - t0;
+    });
+  for (auto& th : pool) th.join();
+  benchmark::DoNotOptimize(partial.data());
+  return *std::max_element(spans.begin(), spans.end());
+}
+
+// Read bandwidth over the whole probe buffer.
 double read_bandwidth(int threads) {
-  const size_t n = (size_t(512) << 20) / sizeof(float);
-  static std::vector<float> buf(n, 1.0f);
+  const std::vector<float>& buf = probe_buffer();
   std::vector<double> rates;
-  for (int rep = 0; rep < 7; ++rep) {
-    std::vector<float> partial(static_cast<size_t>(threads), 0.f);
-    std::vector<double> spans(static_cast<size_t>(threads), 0.0);
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        const size_t lo = n * static_cast<size_t>(t) / static_cast<size_t>(threads);
-        const size_t hi = n * static_cast<size_t>(t + 1) / static_cast<size_t>(threads);
-        const double t0 = now();
-        partial[static_cast<size_t>(t)] = streaming_sum(buf.data() + lo, hi - lo);
-        spans[static_cast<size_t>(t)] = now() - t0;
-      });
-    for (auto& th : pool) th.join();
-    const double dt = *std::max_element(spans.begin(), spans.end());
-    benchmark::DoNotOptimize(partial.data());
-    rates.push_back(static_cast<double>(n * sizeof(float)) / dt / 1e9);
-  }
+  for (int rep = 0; rep < 7; ++rep)
+    rates.push_back(static_cast<double>(buf.size() * sizeof(float)) /
+                    timed_read(buf.data(), buf.size(), threads) / 1e9);
   return median(rates);
 }
 
@@ -134,6 +143,16 @@ double gemm_gflops(int threads) {
 }
 
 }  // namespace
+
+double cold_read_seconds(double bytes, int threads) {
+  static size_t next = 0;  // successive calls walk the buffer: each region was read >= 512 MB ago
+  std::vector<float>& buf = probe_buffer();
+  const size_t count = std::min(buf.size(), static_cast<size_t>(bytes / sizeof(float)));
+  if (next + count > buf.size()) next = 0;
+  const double seconds = timed_read(buf.data() + next, count, threads);
+  next += count;
+  return seconds;
+}
 
 int max_threads() {
   return std::max(1u, std::thread::hardware_concurrency());

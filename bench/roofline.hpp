@@ -23,6 +23,12 @@ struct Roofline {
 /// Measured on first use (ttx_bench's main calls it before running anything).
 const Roofline& roofline();
 
+/// Seconds to read `bytes` (up to 512 MB) from memory with the probe's streaming reduction on
+/// `threads` threads: the bandwidth bound for that many bytes, measured in the same moment as the
+/// kernel next to it (this VM's bandwidth moves by up to 2x within one run, so the fraction of the
+/// start-of-run probe, `roofline`, can read above 1 or far below the truth).
+double cold_read_seconds(double bytes, int threads);
+
 /// Threads available to a kernel (hardware concurrency).
 int max_threads();
 
@@ -33,19 +39,25 @@ void report(benchmark::State& state, double bytes, double flops, int threads);
 std::string name(const std::string& what, const std::string& variant, const std::string& type,
                  std::initializer_list<std::pair<const char*, long long>> keys);
 
-/// Medians of a paired run: b's time over a's (per iteration), and each one's seconds.
+/// Medians of a paired run: b's time over a's (per iteration), each one's seconds, and with a
+/// same-moment read, each one's read fraction: the time a plain read of its bytes took in the same
+/// iteration over its own time (1.0 = at the bandwidth bound).
 struct PairedMedians {
   double b_over_a = 0, a_seconds = 0, b_seconds = 0;
+  double a_read_fraction = 0, b_read_fraction = 0;
 };
 
 /// Runs a() and b() back to back in every iteration, the order swapped each time, and sets the
 /// iteration time to their sum (register with ->UseManualTime()). This VM's bandwidth drifts
-/// within seconds; pairs measured microseconds apart cancel most of that drift.
+/// within seconds; pairs measured microseconds apart cancel most of that drift. With a_bytes and
+/// b_bytes > 0, every iteration also times a cold read of a_bytes on `threads` threads (outside the
+/// iteration time; b's read time scaled by b_bytes / a_bytes) for the read fractions.
 template <class A, class B>
-PairedMedians run_paired(benchmark::State& state, A&& a, B&& b) {
+PairedMedians run_paired(benchmark::State& state, A&& a, B&& b, double a_bytes = 0,
+                         double b_bytes = 0, int threads = 1) {
   using clock = std::chrono::steady_clock;
   bool b_first = true;
-  std::vector<double> ratios, ta, tb;
+  std::vector<double> ratios, ta, tb, fa, fb;
   for (auto _ : state) {
     double t[2] = {0, 0};  // [a, b]
     for (int half = 0; half < 2; ++half) {
@@ -62,13 +74,18 @@ PairedMedians run_paired(benchmark::State& state, A&& a, B&& b) {
     ratios.push_back(t[1] / t[0]);
     ta.push_back(t[0]);
     tb.push_back(t[1]);
+    if (a_bytes > 0 && b_bytes > 0) {
+      const double read = cold_read_seconds(a_bytes, threads);  // not in the manual time
+      fa.push_back(read / t[0]);
+      fb.push_back(read * (b_bytes / a_bytes) / t[1]);
+    }
   }
   auto median = [](std::vector<double>& v) {
     if (v.empty()) return 0.0;
     std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
     return v[v.size() / 2];
   };
-  return {median(ratios), median(ta), median(tb)};
+  return {median(ratios), median(ta), median(tb), median(fa), median(fb)};
 }
 
 }  // namespace ttx::bench
