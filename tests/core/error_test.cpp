@@ -48,6 +48,10 @@ TEST(CoreError, RaiseMapsKindsToTypes) {
       [] { detail::require(false, ErrorKind::capacity, "h", "rows expected <= 3, got 4"); },
       {"ttx::h: rows expected <= 3, got 4"}));
   EXPECT_NO_THROW(detail::require(true, ErrorKind::capacity, "h", "never"));
+  // The message as parts (formatted only when the check fails), numbers at full precision.
+  EXPECT_TRUE(test::throws<ShapeError>(
+      [] { detail::require(false, ErrorKind::shape, "h", "eps expected >= 0, got ", -0.1, "!"); },
+      {"ttx::h: eps expected >= 0, got -0.10000000000000001!"}));
 }
 
 TEST(CoreError, ConcatKeepsFullDoublePrecision) {

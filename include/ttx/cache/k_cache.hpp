@@ -58,9 +58,8 @@ class KCache {
   static Index checked_width(const AttentionShape& s, Index width) {
     s.validate("KCache");
     const Index w = width == 0 ? s.kv_width() : width;
-    detail::require(
-        w >= s.kv_width(), ErrorKind::shape, "KCache",
-        detail::concat("width expected >= kv_width = ", s.kv_width(), " (or 0), got ", width));
+    detail::require(w >= s.kv_width(), ErrorKind::shape, "KCache",
+                    "width expected >= kv_width = ", s.kv_width(), " (or 0), got ", width);
     return w;
   }
   AttentionShape shape_;

@@ -90,9 +90,9 @@ class RowCache {
   Eigen::Map<const RowMatrix<T>> view() const { return {data_, size_, width_}; }
   /// Rows [first, first + count) of the cached rows.
   Eigen::Map<const RowMatrix<T>> rows(Index first, Index count) const {
-    detail::require(
-        first >= 0 && count >= 0 && first + count <= size_, ErrorKind::shape, "RowCache::rows",
-        detail::concat("rows [", first, ", ", first + count, ") expected within [0, ", size_, ")"));
+    detail::require(first >= 0 && count >= 0 && first + count <= size_, ErrorKind::shape,
+                    "RowCache::rows", "rows [", first, ", ", first + count,
+                    ") expected within [0, ", size_, ")");
     return {row_ptr(first), count, width_};
   }
   const T* data() const { return data_; }
@@ -105,20 +105,18 @@ class RowCache {
   /// Keeps the first `n` rows (n <= size()), e.g. to roll back a speculative step.
   void truncate(Index n) {
     detail::require(n >= 0 && n <= size_, ErrorKind::shape, "RowCache::truncate",
-                    detail::concat("n expected in [0, ", size_, "], got ", n));
+                    "n expected in [0, ", size_, "], got ", n);
     size_ = n;
   }
 
  private:
   void check_sizes() const {
-    detail::require(width_ > 0, ErrorKind::shape, "RowCache",
-                    detail::concat("width expected > 0, got ", width_));
-    detail::require(capacity_ > 0, ErrorKind::shape, "RowCache",
-                    detail::concat("capacity expected > 0, got ", capacity_));
+    detail::require(width_ > 0, ErrorKind::shape, "RowCache", "width expected > 0, got ", width_);
+    detail::require(capacity_ > 0, ErrorKind::shape, "RowCache", "capacity expected > 0, got ",
+                    capacity_);
   }
   void reserve_rows(const char* fn, Index count) const {
-    detail::require(count >= 0, ErrorKind::shape, fn,
-                    detail::concat("count expected >= 0, got ", count));
+    detail::require(count >= 0, ErrorKind::shape, fn, "count expected >= 0, got ", count);
     if (size_ + count > capacity_)
       detail::raise(
           ErrorKind::capacity,

@@ -50,9 +50,8 @@ class VCache {
   static Index checked_width(const AttentionShape& s, Index width) {
     s.validate("VCache");
     const Index w = width == 0 ? s.kv_width() : width;
-    detail::require(
-        w >= s.kv_width(), ErrorKind::shape, "VCache",
-        detail::concat("width expected >= kv_width = ", s.kv_width(), " (or 0), got ", width));
+    detail::require(w >= s.kv_width(), ErrorKind::shape, "VCache",
+                    "width expected >= kv_width = ", s.kv_width(), " (or 0), got ", width);
     return w;
   }
   AttentionShape shape_;

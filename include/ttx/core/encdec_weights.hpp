@@ -68,10 +68,8 @@ void check_encdec_decoder(const char* fn, const EncDecDecoderConfig& cfg,
   cfg.block.cross_attn.shape.validate(fn);
   detail::check_dim(fn, "block.cross_attn.shape.d (= self_attn.shape.d)", s.d,
                     cfg.block.cross_attn.shape.d);
-  detail::require(cfg.vocab > 0, ErrorKind::shape, fn,
-                  detail::concat("vocab expected > 0, got ", cfg.vocab));
-  detail::require(cfg.layers > 0, ErrorKind::shape, fn,
-                  detail::concat("layers expected > 0, got ", cfg.layers));
+  detail::require(cfg.vocab > 0, ErrorKind::shape, fn, "vocab expected > 0, got ", cfg.vocab);
+  detail::require(cfg.layers > 0, ErrorKind::shape, fn, "layers expected > 0, got ", cfg.layers);
   detail::check_dim(fn, "blocks.size() (= layers)", cfg.layers, w.blocks.size());
   detail::check_shape(fn, "embedding", w.embedding, cfg.vocab, s.d);
   detail::check_shape(fn, "lm_head", w.lm_head, s.d, cfg.vocab);

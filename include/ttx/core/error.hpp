@@ -109,9 +109,12 @@ inline void check_shape(const char* fn, const char* arg, const M& m, long long r
                    concat(m.rows(), "x", m.cols()));
 }
 
-/// Generic contract check with a ready message (used for conditions that are not an equality).
-inline void require(bool ok, ErrorKind kind, const char* fn, const std::string& what) {
-  if (!ok) raise(kind, concat("ttx::", fn, ": ", what));
+/// Generic contract check (conditions that are not an equality): the message is `what`'s parts
+/// streamed together, formatted only on failure. Pass the parts, not one concat(...): checks run on
+/// every call of per-token kernels, where an ostringstream (~1 us) measured 1 % of a batch-1 GEMV.
+template <class... Parts>
+inline void require(bool ok, ErrorKind kind, const char* fn, const Parts&... what) {
+  if (!ok) raise(kind, concat("ttx::", fn, ": ", what...));
 }
 
 }  // namespace detail

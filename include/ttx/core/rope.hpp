@@ -53,13 +53,13 @@ struct RopeSpec {
   void validate(const char* fn, Index head_dim) const {
     if (!enabled()) return;
     detail::require(rotary_dim % 2 == 0 && rotary_dim <= head_dim, ErrorKind::shape, fn,
-                    detail::concat("rope.rotary_dim expected even and <= head_dim=", head_dim,
-                                   ", got ", rotary_dim));
-    detail::require(
-        inv_freq.empty() || static_cast<Index>(inv_freq.size()) == pairs(), ErrorKind::shape, fn,
-        detail::concat("rope.inv_freq expected ", pairs(), " entries, got ", inv_freq.size()));
+                    "rope.rotary_dim expected even and <= head_dim=", head_dim, ", got ",
+                    rotary_dim);
+    detail::require(inv_freq.empty() || static_cast<Index>(inv_freq.size()) == pairs(),
+                    ErrorKind::shape, fn, "rope.inv_freq expected ", pairs(), " entries, got ",
+                    inv_freq.size());
     detail::require(inv_freq.empty() ? base > 0 : true, ErrorKind::shape, fn,
-                    detail::concat("rope.base expected > 0, got ", base));
+                    "rope.base expected > 0, got ", base);
   }
 };
 

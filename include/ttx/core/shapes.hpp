@@ -29,14 +29,12 @@ struct AttentionShape {
 
   /// Throws ShapeError unless every count is positive and kv_heads divides heads.
   void validate(const char* fn) const {
-    detail::require(d > 0, ErrorKind::shape, fn, detail::concat("shape.d expected > 0, got ", d));
-    detail::require(heads > 0, ErrorKind::shape, fn,
-                    detail::concat("shape.heads expected > 0, got ", heads));
-    detail::require(head_dim > 0, ErrorKind::shape, fn,
-                    detail::concat("shape.head_dim expected > 0, got ", head_dim));
-    detail::require(
-        kv_heads > 0 && heads % kv_heads == 0, ErrorKind::shape, fn,
-        detail::concat("shape.kv_heads expected a divisor of heads=", heads, ", got ", kv_heads));
+    detail::require(d > 0, ErrorKind::shape, fn, "shape.d expected > 0, got ", d);
+    detail::require(heads > 0, ErrorKind::shape, fn, "shape.heads expected > 0, got ", heads);
+    detail::require(head_dim > 0, ErrorKind::shape, fn, "shape.head_dim expected > 0, got ",
+                    head_dim);
+    detail::require(kv_heads > 0 && heads % kv_heads == 0, ErrorKind::shape, fn,
+                    "shape.kv_heads expected a divisor of heads=", heads, ", got ", kv_heads);
   }
 };
 

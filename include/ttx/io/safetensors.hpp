@@ -205,12 +205,11 @@ inline float element_as_float(const TensorView& t, Index i) {
 /// dtypes and ShapeError for other ranks, naming the file and tensor.
 inline RowMatrix<float> to_float_matrix(const TensorView& t) {
   ttx::detail::require(is_float_dtype(t.dtype), ErrorKind::unsupported, "io::to_float_matrix",
-                       ttx::detail::concat(t.file, ": tensor '", t.name, "' has dtype ",
-                                           dtype_name(t.dtype), "; supported: F32, F16, BF16"));
+                       t.file, ": tensor '", t.name, "' has dtype ", dtype_name(t.dtype),
+                       "; supported: F32, F16, BF16");
   ttx::detail::require(t.shape.size() == 1 || t.shape.size() == 2, ErrorKind::shape,
-                       "io::to_float_matrix",
-                       ttx::detail::concat(t.file, ": tensor '", t.name,
-                                           "' expected rank 1 or 2, got shape ", t.shape_string()));
+                       "io::to_float_matrix", t.file, ": tensor '", t.name,
+                       "' expected rank 1 or 2, got shape ", t.shape_string());
   const Index rows = t.shape.size() == 2 ? t.shape[0] : 1;
   const Index cols = t.shape.back();
   RowMatrix<float> m(rows, cols);

@@ -80,8 +80,7 @@ inline void check_heads_args(const char* fn, const AttentionShape& s, Index q_si
                              Index heads_size, Index rows) {
   ttx::detail::check_dim(fn, "q.size()", s.q_width(), q_size);
   ttx::detail::check_dim(fn, "heads.size()", s.q_width(), heads_size);
-  ttx::detail::require(rows > 0, ErrorKind::shape, fn,
-                       ttx::detail::concat("cached rows expected >= 1, got ", rows));
+  ttx::detail::require(rows > 0, ErrorKind::shape, fn, "cached rows expected >= 1, got ", rows);
 }
 
 }  // namespace detail
@@ -238,7 +237,7 @@ class EncDecDecoder {
     ttx::detail::check_dim("kernel::EncDecDecoder", "plan.layers.size() (= config.layers)",
                            p_.config.layers, p_.layers.size());
     ttx::detail::require(threads >= 0, ErrorKind::shape, "kernel::EncDecDecoder",
-                         ttx::detail::concat("threads expected >= 0, got ", threads));
+                         "threads expected >= 0, got ", threads);
   }
   const Plan& plan() const { return p_; }
   rewrite::EncDecForms forms() const { return p_.forms; }
@@ -248,8 +247,8 @@ class EncDecDecoder {
   EncDecState<T> make_state(Index encoder_capacity, Index self_capacity) const {
     const char* fn = "kernel::EncDecDecoder::make_state";
     ttx::detail::require(encoder_capacity > 0 && self_capacity > 0, ErrorKind::shape, fn,
-                         ttx::detail::concat("capacities expected > 0, got encoder_capacity ",
-                                             encoder_capacity, ", self_capacity ", self_capacity));
+                         "capacities expected > 0, got encoder_capacity ", encoder_capacity,
+                         ", self_capacity ", self_capacity);
     const auto& cfg = p_.config;
     const AttentionShape &ss = cfg.block.self_attn.shape, &cs = cfg.block.cross_attn.shape;
     EncDecState<T> st;
@@ -357,9 +356,8 @@ class EncDecDecoder {
                            ttx::detail::concat("ttx::", fn, ": self cache capacity expected >= ",
                                                st.position + 1, " tokens, got capacity ", cap));
       const int t = tokens[static_cast<size_t>(b)];
-      ttx::detail::require(
-          t >= 0 && t < cfg.vocab, ErrorKind::shape, fn,
-          ttx::detail::concat("token id expected in [0, ", cfg.vocab, "), got ", t));
+      ttx::detail::require(t >= 0 && t < cfg.vocab, ErrorKind::shape, fn,
+                           "token id expected in [0, ", cfg.vocab, "), got ", t);
       X.row(b) = p_.embedding.row(t);
       if (cfg.learned_positions) {
         if (st.position >= cfg.max_positions)
@@ -513,12 +511,10 @@ class EncDecDecoder {
         cross_ok = st.basis.size() == 1;
         break;
     }
-    ttx::detail::require(
-        self_ok && cross_ok, ErrorKind::shape, fn,
-        ttx::detail::concat("state expected caches for ", L,
-                            " layers in forms self=", rewrite::form_name(p_.forms.self),
-                            " cross=", rewrite::form_name(p_.forms.cross), ", got ", st.layers(),
-                            " self layers (make states with this decoder's make_state)"));
+    ttx::detail::require(self_ok && cross_ok, ErrorKind::shape, fn, "state expected caches for ", L,
+                         " layers in forms self=", rewrite::form_name(p_.forms.self),
+                         " cross=", rewrite::form_name(p_.forms.cross), ", got ", st.layers(),
+                         " self layers (make states with this decoder's make_state)");
   }
   static EncDecState<T>& seq(const std::vector<EncDecState<T>*>& states, Index b) {
     return *states[static_cast<size_t>(b)];

@@ -302,9 +302,8 @@ void first_layer_lookup(const rewrite::FirstLayerTable<TT>& table, const std::ve
   // k and v rows go through a contiguous scratch (the Refs may be strided views).
   RowMatrix<float> kk(n, table.layout.kv_width), vv(n, table.layout.kv_width);
   for (Index r = 0; r < n; ++r) {
-    detail::require(positions[static_cast<size_t>(r)] >= 0, ErrorKind::shape, fn,
-                    detail::concat("positions[", r, "] expected >= 0, got ",
-                                   positions[static_cast<size_t>(r)]));
+    detail::require(positions[static_cast<size_t>(r)] >= 0, ErrorKind::shape, fn, "positions[", r,
+                    "] expected >= 0, got ", positions[static_cast<size_t>(r)]);
     const std::vector<const TT*> one{table.rows.row(ids[static_cast<size_t>(r)]).data()};
     detail::FlSink<float> sink{q.row(r).data(),  0,   residual.row(r).data(), 0, kk.row(r).data(),
                                vv.row(r).data(), true};

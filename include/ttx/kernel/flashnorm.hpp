@@ -334,10 +334,10 @@ void product(const char* fn, const Eigen::Ref<const RowMatrix<Acc<T>>>& a,
   check_linear<T>(fn, a.rows(), a.cols(), w.rows(), w.cols(), bias.size(), out.rows(), out.cols());
   if (rms) {
     detail::require(rms->eps >= 0 && std::isfinite(rms->eps), ErrorKind::shape, fn,
-                    detail::concat("rms.eps expected finite and >= 0, got ", rms->eps));
+                    "rms.eps expected finite and >= 0, got ", rms->eps);
     // RMS(a) of no values is 0/0: refused rather than returning NaN.
     detail::require(a.cols() > 0, ErrorKind::shape, fn,
-                    detail::concat("a.cols() (the RMS's width) expected >= 1, got ", a.cols()));
+                    "a.cols() (the RMS's width) expected >= 1, got ", a.cols());
   }
   const Index n = a.rows(), in = a.cols(), outw = w.cols();
   if (n == 0 || outw == 0) return;

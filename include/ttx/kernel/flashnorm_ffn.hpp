@@ -38,15 +38,15 @@ void flashnorm_ffn(const Eigen::Ref<const RowMatrix<accum_t<T>>>& a, const FfnWe
   if (glu) {
     detail::check_shape(fn, "w.w_up", w.w_up, d, f);
     detail::require(w.b_up.size() == 0, ErrorKind::unsupported, fn,
-                    detail::concat("w.b_up expected empty (an up-branch bias does not commute with "
-                                   "the deferred 1/RMS), got ",
-                                   w.b_up.size(), " values"));
+                    "w.b_up expected empty (an up-branch bias does not commute with "
+                    "the deferred 1/RMS), got ",
+                    w.b_up.size(), " values");
   }
   if (homogeneous)
     detail::require(w.b_in.size() == 0, ErrorKind::unsupported, fn,
-                    detail::concat("w.b_in expected empty for a positively homogeneous activation "
-                                   "(the whole scale is deferred to the output), got ",
-                                   w.b_in.size(), " values"));
+                    "w.b_in expected empty for a positively homogeneous activation "
+                    "(the whole scale is deferred to the output), got ",
+                    w.b_in.size(), " values");
   if (n == 0) return;
   const RowVector<A> none;
   const RowVector<A> b_in = w.b_in.template cast<A>();

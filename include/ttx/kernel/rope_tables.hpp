@@ -42,8 +42,7 @@ void build_rope_table(const RopeSpec& spec, Index head_dim, const std::vector<do
   const Index pairs = spec.pairs(), rest = head_dim - spec.rotary_dim;
   detail::check_dim(fn, "freqs.size()", pairs, static_cast<Index>(freqs.size()));
   detail::require(gain_p.size() == gain_q.size(), ErrorKind::shape, fn,
-                  detail::concat("gain_q.size() expected gain_p.size()=", gain_p.size(), ", got ",
-                                 gain_q.size()));
+                  "gain_q.size() expected gain_p.size()=", gain_p.size(), ", got ", gain_q.size());
   if (!gain_p.empty())
     detail::check_dim(fn, "gain_p.size()", pairs, static_cast<Index>(gain_p.size()));
   if (!pass_gain.empty())

@@ -174,8 +174,8 @@ class SkiplessModel {
   /// Keeps the first n cached tokens of every layer (rolls back a speculative or benchmark step).
   void truncate(Index n) {
     ttx::detail::require(n >= 0 && n <= position(), ErrorKind::shape,
-                         "kernel::SkiplessModel::truncate",
-                         ttx::detail::concat("n expected in [0, ", position(), "], got ", n));
+                         "kernel::SkiplessModel::truncate", "n expected in [0, ", position(),
+                         "], got ", n);
     for (auto& c : caches_) {
       c.keys().truncate(n);
       c.values().truncate(n);
@@ -186,9 +186,8 @@ class SkiplessModel {
   /// valid until the next call. CapacityError when the caches are full.
   const RowVector<A>& step(int token) {
     const char* fn = "kernel::SkiplessModel::step";
-    ttx::detail::require(
-        token >= 0 && token < cfg_.vocab, ErrorKind::shape, fn,
-        ttx::detail::concat("token expected in [0, ", cfg_.vocab, "), got ", token));
+    ttx::detail::require(token >= 0 && token < cfg_.vocab, ErrorKind::shape, fn,
+                         "token expected in [0, ", cfg_.vocab, "), got ", token);
     const Index pos = position();
     if (pos + 1 > capacity())
       ttx::detail::raise(ErrorKind::capacity,
@@ -397,10 +396,10 @@ class SkiplessModel {
         "no norm), got a pre-norm residual block kind");
     s.validate(fn);
     cfg_.block.attn.rope.validate(fn, s.head_dim);
-    ttx::detail::require(capacity > 0, ErrorKind::shape, fn,
-                         ttx::detail::concat("capacity expected > 0, got ", capacity));
-    ttx::detail::require(cfg_.vocab > 0, ErrorKind::shape, fn,
-                         ttx::detail::concat("cfg.vocab expected > 0, got ", cfg_.vocab));
+    ttx::detail::require(capacity > 0, ErrorKind::shape, fn, "capacity expected > 0, got ",
+                         capacity);
+    ttx::detail::require(cfg_.vocab > 0, ErrorKind::shape, fn, "cfg.vocab expected > 0, got ",
+                         cfg_.vocab);
     ttx::detail::check_dim(fn, "weights.blocks.size() (= cfg.layers)", cfg_.layers,
                            static_cast<Index>(w_.blocks.size()));
     ttx::detail::check_shape(fn, "weights.embedding", w_.embedding, cfg_.vocab, s.d);
@@ -421,11 +420,10 @@ class SkiplessModel {
       auto check_proj = [&](const RowMatrix<T>& W, const RowVector<T>& bias, const char* what,
                             Index in, Index out) {
         if (W.size() == 0) {
-          ttx::detail::require(in == out, ErrorKind::shape, fn,
-                               ttx::detail::concat(name(what),
-                                                   " is empty (the identity, a removed "
-                                                   "projection), which needs a square shape: ",
-                                                   in, " inputs expected = ", out, " outputs"));
+          ttx::detail::require(in == out, ErrorKind::shape, fn, name(what),
+                               " is empty (the identity, a removed "
+                               "projection), which needs a square shape: ",
+                               in, " inputs expected = ", out, " outputs");
         } else {
           ttx::detail::check_shape(fn, name(what).c_str(), W, in, out);
         }
@@ -444,10 +442,9 @@ class SkiplessModel {
       } else {
         check_proj(b.attn.wo, b.attn.bo, "attn.wo", s.q_width(), s.d);
       }
-      ttx::detail::require(
-          b.ffn.w_out.rows() == ffn_width_ && ffn_width_ > 0, ErrorKind::shape, fn,
-          ttx::detail::concat(name("ffn.w_out"), " rows expected ", ffn_width_,
-                              " (> 0, the same in every block), got ", b.ffn.w_out.rows()));
+      ttx::detail::require(b.ffn.w_out.rows() == ffn_width_ && ffn_width_ > 0, ErrorKind::shape, fn,
+                           name("ffn.w_out"), " rows expected ", ffn_width_,
+                           " (> 0, the same in every block), got ", b.ffn.w_out.rows());
       ttx::detail::check_shape(fn, name("ffn.w_in").c_str(), b.ffn.w_in, ffn_in, ffn_width_);
       ttx::detail::check_shape(fn, name("ffn.w_out").c_str(), b.ffn.w_out, ffn_width_, s.d);
       if (cfg_.block.ffn.kind == FfnKind::glu)

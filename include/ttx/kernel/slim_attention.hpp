@@ -143,16 +143,14 @@ using VecMap = Eigen::Map<RowVector<float>>;
 inline void check_layer(const char* fn, const SlimAttention<float>& slim, CacheForm form,
                         const AttentionShape& cache_shape, Index cache_width) {
   slim.validate(fn);
-  ttx::detail::require(slim.form == form, ErrorKind::shape, fn,
-                       ttx::detail::concat("slim.form expected ", rewrite::name(form),
-                                           " for this cache type, got ", rewrite::name(slim.form)));
-  ttx::detail::require(
-      cache_shape == slim.shape, ErrorKind::shape, fn,
-      ttx::detail::concat("cache.shape() expected the slim layer's shape (d ", slim.shape.d,
-                          ", heads ", slim.shape.heads, ", kv_heads ", slim.shape.kv_heads,
-                          ", head_dim ", slim.shape.head_dim, "), got (d ", cache_shape.d,
-                          ", heads ", cache_shape.heads, ", kv_heads ", cache_shape.kv_heads,
-                          ", head_dim ", cache_shape.head_dim, ")"));
+  ttx::detail::require(slim.form == form, ErrorKind::shape, fn, "slim.form expected ",
+                       rewrite::name(form), " for this cache type, got ", rewrite::name(slim.form));
+  ttx::detail::require(cache_shape == slim.shape, ErrorKind::shape, fn,
+                       "cache.shape() expected the slim layer's shape (d ", slim.shape.d,
+                       ", heads ", slim.shape.heads, ", kv_heads ", slim.shape.kv_heads,
+                       ", head_dim ", slim.shape.head_dim, "), got (d ", cache_shape.d, ", heads ",
+                       cache_shape.heads, ", kv_heads ", cache_shape.kv_heads, ", head_dim ",
+                       cache_shape.head_dim, ")");
   ttx::detail::check_dim(fn, "cache.width() (= slim.cached_width)", slim.cached_width, cache_width);
 }
 
@@ -289,9 +287,8 @@ void prefill(const char* fn, const Eigen::Ref<const RowMatrix<float>>& X,
              const SlimAttention<float>& slim, RowCache<T>& rows, KeyStorage storage,
              Eigen::Ref<RowMatrix<float>> Y, SlimWorkspace& ws, const ScoreBiasFn& bias) {
   ttx::detail::check_dim(fn, "X.cols() (= d)", slim.shape.d, X.cols());
-  ttx::detail::require(
-      X.rows() > 0, ErrorKind::shape, fn,
-      ttx::detail::concat("X.rows() (prompt tokens) expected > 0, got ", X.rows()));
+  ttx::detail::require(X.rows() > 0, ErrorKind::shape, fn,
+                       "X.rows() (prompt tokens) expected > 0, got ", X.rows());
   ttx::detail::check_shape(fn, "Y", Y, X.rows(), slim.shape.d);
   check_room(fn, rows, X.rows());
   if (bias)
@@ -308,10 +305,10 @@ void decode(const char* fn, const Eigen::Ref<const RowVector<float>>& x,
   const auto& s = slim.shape;
   ttx::detail::check_dim(fn, "x.cols() (= d)", s.d, x.cols());
   ttx::detail::check_dim(fn, "y.cols() (= d)", s.d, y.cols());
-  ttx::detail::require(opt.threads >= 0, ErrorKind::shape, fn,
-                       ttx::detail::concat("opt.threads expected >= 0, got ", opt.threads));
-  ttx::detail::require(opt.tile >= 0, ErrorKind::shape, fn,
-                       ttx::detail::concat("opt.tile expected >= 0, got ", opt.tile));
+  ttx::detail::require(opt.threads >= 0, ErrorKind::shape, fn, "opt.threads expected >= 0, got ",
+                       opt.threads);
+  ttx::detail::require(opt.tile >= 0, ErrorKind::shape, fn, "opt.tile expected >= 0, got ",
+                       opt.tile);
   check_room(fn, rows, 1);
   const Index n0 = rows.size(), n = n0 + 1;
   const Eigen::Ref<const RowMatrix<float>> X(x);

@@ -24,13 +24,12 @@ RowMatrix<T> embed_tokens(const char* fn, const std::vector<int>& tokens,
   for (Index r = 0; r < X.rows(); ++r) {
     const int t = tokens[static_cast<size_t>(r)];
     detail::require(t >= 0 && t < embedding.rows(), ErrorKind::shape, fn,
-                    detail::concat("token id expected in [0, ", embedding.rows(), "), got ", t));
+                    "token id expected in [0, ", embedding.rows(), "), got ", t);
     X.row(r) = embedding.row(t);
     if (positions) {
       const Index pos = start + r;
-      detail::require(
-          pos < max_positions, ErrorKind::capacity, fn,
-          detail::concat("position expected < max_positions=", max_positions, ", got ", pos));
+      detail::require(pos < max_positions, ErrorKind::capacity, fn,
+                      "position expected < max_positions=", max_positions, ", got ", pos);
       X.row(r) += positions->row(pos);
     }
   }

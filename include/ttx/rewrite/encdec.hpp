@@ -59,11 +59,10 @@ struct KeysAttention {
 namespace detail {
 
 inline void check_no_rope(const char* fn, const char* which, const AttentionConfig& cfg) {
-  ttx::detail::require(!cfg.rope.enabled(), ErrorKind::unsupported, fn,
-                       ttx::detail::concat(which,
-                                           ".rope expected disabled (the inputs form "
-                                           "needs raw projections), got rotary_dim ",
-                                           cfg.rope.rotary_dim));
+  ttx::detail::require(!cfg.rope.enabled(), ErrorKind::unsupported, fn, which,
+                       ".rope expected disabled (the inputs form "
+                       "needs raw projections), got rotary_dim ",
+                       cfg.rope.rotary_dim);
 }
 
 /// concat_i(b_V,g(i)) W_O + b_O in double (d), or b_O / zeros when there is no V bias.
@@ -135,12 +134,11 @@ KeysAttention<A> keys_attention(const AttentionWeights<S>& w, const AttentionCon
   const AttentionShape& s = cfg.shape;
   detail::check_attention(fn, w, s);
   detail::check_no_rope(fn, "cfg", cfg);
-  ttx::detail::require(
-      s.kv_width() == s.d, ErrorKind::unsupported, fn,
-      ttx::detail::concat("a K-only cross cache needs a square W_K: kv_width expected d=", s.d,
-                          ", got ", s.kv_width(),
-                          " (use inputs_attention, the shared encoder cache, which needs no "
-                          "inverse)"));
+  ttx::detail::require(s.kv_width() == s.d, ErrorKind::unsupported, fn,
+                       "a K-only cross cache needs a square W_K: kv_width expected d=", s.d,
+                       ", got ", s.kv_width(),
+                       " (use inputs_attention, the shared encoder cache, which needs no "
+                       "inverse)");
   KeysAttention<A> r;
   r.shape = s;
   detail::fold_query(w, cfg.effective_scale(), r.wq, r.bq);

@@ -430,10 +430,9 @@ FirstLayerTable<T> build_first_layer_table(const RowMatrix<TW>& embedding,
                                            const FirstLayerOptions& opt = {}) {
   const char* fn = "rewrite::build_first_layer_table";
   detail::check_first_layer(fn, embedding, block, cfg);
-  detail::require(opt.chunk > 0, ErrorKind::shape, fn,
-                  detail::concat("opt.chunk expected > 0, got ", opt.chunk));
-  detail::require(opt.threads >= 0, ErrorKind::shape, fn,
-                  detail::concat("opt.threads expected >= 0, got ", opt.threads));
+  detail::require(opt.chunk > 0, ErrorKind::shape, fn, "opt.chunk expected > 0, got ", opt.chunk);
+  detail::require(opt.threads >= 0, ErrorKind::shape, fn, "opt.threads expected >= 0, got ",
+                  opt.threads);
   FirstLayerTable<T> t;
   t.kind = cfg.kind;
   t.attn = cfg.attn;
@@ -507,7 +506,7 @@ FirstLayerTable<T> build_first_layer_table(const ModelConfig& cfg, const ModelWe
                   "are added to the embedding before layer 1, so its input depends on the "
                   "position and cannot be tabulated per token (GPT-2 style); use a RoPE model");
   detail::require(cfg.layers >= 1 && !w.blocks.empty(), ErrorKind::shape, fn,
-                  detail::concat("model expected at least 1 block, got ", w.blocks.size()));
+                  "model expected at least 1 block, got ", w.blocks.size());
   detail::check_dim(fn, "embedding.rows() (= cfg.vocab)", cfg.vocab, w.embedding.rows());
   return build_first_layer_table<T>(w.embedding, w.blocks.front(), cfg.block, opt);
 }
@@ -565,10 +564,10 @@ inline FirstLayerCost first_layer_cost(const FirstLayerCostConfig& c, Index batc
                          {"experts", c.experts},
                          {"experts_per_token", c.experts_per_token},
                          {"batch", batch}})
-    detail::require(v > 0, ErrorKind::shape, fn, detail::concat(name, " expected > 0, got ", v));
+    detail::require(v > 0, ErrorKind::shape, fn, name, " expected > 0, got ", v);
   detail::require(c.experts_per_token <= c.experts, ErrorKind::shape, fn,
-                  detail::concat("experts_per_token expected <= experts=", c.experts, ", got ",
-                                 c.experts_per_token));
+                  "experts_per_token expected <= experts=", c.experts, ", got ",
+                  c.experts_per_token);
   detail::require(c.kind == BlockKind::serial || c.kind == BlockKind::parallel,
                   ErrorKind::unsupported, fn, "kind expected serial or parallel");
   const double d = static_cast<double>(c.d), e = static_cast<double>(c.e),

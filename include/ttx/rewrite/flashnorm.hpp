@@ -57,7 +57,7 @@ namespace flashnorm_detail {
 
 inline void check_spec(const char* fn, const NormSpec& spec) {
   detail::require(spec.eps >= 0 && std::isfinite(spec.eps), ErrorKind::shape, fn,
-                  detail::concat("spec.eps expected finite and >= 0, got ", spec.eps));
+                  "spec.eps expected finite and >= 0, got ", spec.eps);
 }
 
 template <class T>
@@ -66,8 +66,7 @@ void check_norm(const char* fn, const NormSpec& spec, const NormWeights<T>& norm
   detail::check_dim(fn, "norm.gain.size() (= W.rows(), the input width)", n, norm.gain.size());
   if (norm.beta.size() != 0) {
     detail::require(spec.kind == NormKind::layer, ErrorKind::shape, fn,
-                    detail::concat("norm.beta expected empty for an RMSNorm, got ",
-                                   norm.beta.size(), " values"));
+                    "norm.beta expected empty for an RMSNorm, got ", norm.beta.size(), " values");
     detail::check_dim(fn, "norm.beta.size()", n, norm.beta.size());
   }
 }

@@ -165,14 +165,12 @@ struct SyntheticActivations {
 /// then `outlier_channels` fixed channels (chosen by the seed) multiplied by outlier_scale.
 inline RowMatrix<double> synthetic_activations(Index d, const SyntheticActivations& s = {}) {
   const char* fn = "rewrite::synthetic_activations";
-  detail::require(d > 0, ErrorKind::shape, fn, detail::concat("d expected > 0, got ", d));
-  detail::require(s.tokens > 0, ErrorKind::shape, fn,
-                  detail::concat("tokens expected > 0, got ", s.tokens));
-  detail::require(s.dof > 2, ErrorKind::shape, fn,
-                  detail::concat("dof expected > 2 (finite variance), got ", s.dof));
-  detail::require(
-      s.outlier_channels >= 0 && s.outlier_channels <= d, ErrorKind::shape, fn,
-      detail::concat("outlier_channels expected in [0, d = ", d, "], got ", s.outlier_channels));
+  detail::require(d > 0, ErrorKind::shape, fn, "d expected > 0, got ", d);
+  detail::require(s.tokens > 0, ErrorKind::shape, fn, "tokens expected > 0, got ", s.tokens);
+  detail::require(s.dof > 2, ErrorKind::shape, fn, "dof expected > 2 (finite variance), got ",
+                  s.dof);
+  detail::require(s.outlier_channels >= 0 && s.outlier_channels <= d, ErrorKind::shape, fn,
+                  "outlier_channels expected in [0, d = ", d, "], got ", s.outlier_channels);
   std::mt19937_64 rng(s.seed);
   std::student_t_distribution<double> t(s.dof);
   RowMatrix<double> X(s.tokens, d);
@@ -517,12 +515,12 @@ void check_layer(const char* fn, const AttentionWeights<S>& w, const AttentionCo
 
 inline void check_options(const char* fn, const PlanOptions& opt, Index rows) {
   detail::require(opt.budget > 0 && std::isfinite(opt.budget), ErrorKind::shape, fn,
-                  detail::concat("options.budget expected a finite value > 0, got ", opt.budget));
+                  "options.budget expected a finite value > 0, got ", opt.budget);
   detail::require(opt.decode_steps >= 0, ErrorKind::shape, fn,
-                  detail::concat("options.decode_steps expected >= 0, got ", opt.decode_steps));
+                  "options.decode_steps expected >= 0, got ", opt.decode_steps);
   detail::require(rows > opt.decode_steps, ErrorKind::shape, fn,
-                  detail::concat("activations.rows() expected > options.decode_steps = ",
-                                 opt.decode_steps, " (at least one prefill row), got ", rows));
+                  "activations.rows() expected > options.decode_steps = ", opt.decode_steps,
+                  " (at least one prefill row), got ", rows);
 }
 
 template <class S>
@@ -770,9 +768,9 @@ inline CertificateEntry entry(std::string what, double cond, double max_abs, dou
 
 inline PrecisionCertificate start(const char* rewrite, const CertifyOptions& opt) {
   detail::require(opt.budget > 0 && std::isfinite(opt.budget), ErrorKind::shape, rewrite,
-                  detail::concat("options.budget expected a finite value > 0, got ", opt.budget));
+                  "options.budget expected a finite value > 0, got ", opt.budget);
   detail::require(opt.max_condition >= 0, ErrorKind::shape, rewrite,
-                  detail::concat("options.max_condition expected >= 0, got ", opt.max_condition));
+                  "options.max_condition expected >= 0, got ", opt.max_condition);
   PrecisionCertificate c;
   c.rewrite = rewrite;
   c.storage = opt.storage;
@@ -1063,8 +1061,8 @@ PrecisionCertificate certify_first_layer(const RowMatrix<S>& embedding,
   const char* fn = "rewrite::certify_first_layer";
   PrecisionCertificate c = precision_detail::start(fn, opt);
   c.rewrite = "first-layer table";
-  detail::require(max_tokens > 0, ErrorKind::shape, fn,
-                  detail::concat("max_tokens expected > 0, got ", max_tokens));
+  detail::require(max_tokens > 0, ErrorKind::shape, fn, "max_tokens expected > 0, got ",
+                  max_tokens);
   detail::check_first_layer(fn, embedding, block, cfg);
   const Index vocab = embedding.rows(), k = std::min(vocab, max_tokens);
   RowMatrix<S> sub(k, embedding.cols());
@@ -1120,14 +1118,14 @@ PrecisionCertificate certify_encdec(const AttentionWeights<S>& w, const Attentio
   const AttentionShape& s = cfg.shape;
   precision_detail::check_layer(fn, w, cfg);
   detail::require(!cfg.rope.enabled(), ErrorKind::unsupported, fn,
-                  detail::concat("cfg.rope expected disabled (cross-attention), got rotary_dim ",
-                                 cfg.rope.rotary_dim));
+                  "cfg.rope expected disabled (cross-attention), got rotary_dim ",
+                  cfg.rope.rotary_dim);
   detail::check_dim(fn, "encoder_output.cols() (= d)", s.d, encoder_output.cols());
   detail::check_dim(fn, "decoder_inputs.cols() (= d)", s.d, decoder_inputs.cols());
   detail::require(encoder_output.rows() > 0 && decoder_inputs.rows() > 0, ErrorKind::shape, fn,
-                  detail::concat("encoder_output.rows() and decoder_inputs.rows() expected > 0, "
-                                 "got ",
-                                 encoder_output.rows(), " and ", decoder_inputs.rows()));
+                  "encoder_output.rows() and decoder_inputs.rows() expected > 0, "
+                  "got ",
+                  encoder_output.rows(), " and ", decoder_inputs.rows());
   const double top = storage_max(opt.storage), nan = std::numeric_limits<double>::quiet_NaN();
   const Index dk = s.head_dim, e = s.kv_width();
   const RowMatrix<float> Ef = encoder_output.cast<float>(), Xf = decoder_inputs.cast<float>();

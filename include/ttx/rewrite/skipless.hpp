@@ -44,9 +44,9 @@
 //
 // Everything is computed in double (ttx::solve: LU with partial pivoting, never an explicit
 // inverse); the report gives cond(A) and the solve residual per layer and the weights removed.
-// cond is the LAPACK-style 1-norm estimate from the LU: it can exceed the 2-norm condition number by
-// up to a factor d (a matrix with singular values in [0.6, 1.4] at d = 128 reports ~100).
-// A layer with cond(A) > cond_limit is flagged (strict mode refuses); a singular A is an error.
+// cond is the LAPACK-style 1-norm estimate from the LU: it can exceed the 2-norm condition number
+// by up to a factor d (a matrix with singular values in [0.6, 1.4] at d = 128 reports ~100). A
+// layer with cond(A) > cond_limit is flagged (strict mode refuses); a singular A is an error.
 #pragma once
 
 #include <algorithm>
@@ -151,23 +151,20 @@ inline bool is_skipless(BlockKind k) {
 inline void check_removable(const char* fn, const AttentionShape& s, SkiplessRemoval r) {
   if (r == SkiplessRemoval::none) return;
   if (r == SkiplessRemoval::query) {
-    ttx::detail::require(
-        s.q_width() == s.d, ErrorKind::unsupported, fn,
-        ttx::detail::concat("Q removal needs a square W_Q: e_q = heads*head_dim = ", s.heads, "*",
-                            s.head_dim, " = ", s.q_width(), " expected to equal d = ", s.d));
+    ttx::detail::require(s.q_width() == s.d, ErrorKind::unsupported, fn,
+                         "Q removal needs a square W_Q: e_q = heads*head_dim = ", s.heads, "*",
+                         s.head_dim, " = ", s.q_width(), " expected to equal d = ", s.d);
     return;
   }
   const char* m = r == SkiplessRemoval::key ? "K" : "V";
   const char* layout = s.layout() == HeadLayout::mqa ? "MQA" : "GQA";
   ttx::detail::require(
-      s.kv_width() == s.d, ErrorKind::unsupported, fn,
-      ttx::detail::concat(m, " removal needs a square, invertible W_", m,
-                          " (d x d: MHA with heads*head_dim = d); this model is ", layout,
-                          " (kv_heads = ", s.kv_heads, ", heads = ", s.heads, "): W_", m, " is ",
-                          s.d, "x", s.kv_width(), " (e = kv_heads*head_dim = ", s.kv_width(),
-                          " < d = ", s.d,
-                          "), which has no inverse. Remove Q instead (works for MHA, MQA and "
-                          "GQA)"));
+      s.kv_width() == s.d, ErrorKind::unsupported, fn, m, " removal needs a square, invertible W_",
+      m, " (d x d: MHA with heads*head_dim = d); this model is ", layout,
+      " (kv_heads = ", s.kv_heads, ", heads = ", s.heads, "): W_", m, " is ", s.d, "x",
+      s.kv_width(), " (e = kv_heads*head_dim = ", s.kv_width(), " < d = ", s.d,
+      "), which has no inverse. Remove Q instead (works for MHA, MQA and "
+      "GQA)");
 }
 
 template <class T>
@@ -269,7 +266,7 @@ SkiplessResult<Out> skipless(const ModelConfig& cfg, const ModelWeights<In>& w,
   const AttentionShape& s = cfg.block.attn.shape;
   check_removable(fn, s, opt.remove);
   ttx::detail::require(opt.cond_limit > 0, ErrorKind::shape, fn,
-                       ttx::detail::concat("opt.cond_limit expected > 0, got ", opt.cond_limit));
+                       "opt.cond_limit expected > 0, got ", opt.cond_limit);
   const bool serial = cfg.block.kind == BlockKind::skipless_serial;
   const bool glu = cfg.block.ffn.kind == FfnKind::glu;
   const bool merge_p = serial && opt.merge_output_projection;
@@ -442,8 +439,8 @@ inline SkiplessSavings skipless_savings(const SkiplessModelShape& m,
   AttentionShape s{m.d, m.heads, m.kv_heads, m.head_dim};
   s.validate(fn);
   ttx::detail::require(m.layers > 0 && m.ffn > 0 && m.vocab > 0, ErrorKind::shape, fn,
-                       ttx::detail::concat("layers, ffn and vocab expected > 0, got ", m.layers,
-                                           ", ", m.ffn, ", ", m.vocab));
+                       "layers, ffn and vocab expected > 0, got ", m.layers, ", ", m.ffn, ", ",
+                       m.vocab);
   ttx::detail::require(skipless_detail::is_skipless(m.kind), ErrorKind::unsupported, fn,
                        "kind expected skipless_serial or skipless_parallel");
   skipless_detail::check_removable(fn, s, r);

@@ -169,8 +169,8 @@ struct SlimAttention {
     }
     rope.validate(fn, shape.head_dim);
     ttx::detail::require(!rope.enabled() || form == CacheForm::keys, ErrorKind::unsupported, fn,
-                         ttx::detail::concat("slim.rope expected disabled for ", name(form),
-                                             ", got rotary_dim ", rope.rotary_dim));
+                         "slim.rope expected disabled for ", name(form), ", got rotary_dim ",
+                         rope.rotary_dim);
   }
 
  private:
@@ -296,9 +296,8 @@ SlimAttention<T> slim_attention(const AttentionWeights<S>& w, const AttentionCon
   if (w.bv.size()) ttx::detail::check_dim(fn, "w.bv.size()", e, w.bv.size());
   if (w.bo.size()) ttx::detail::check_dim(fn, "w.bo.size()", d, w.bo.size());
   cfg.rope.validate(fn, dk);
-  ttx::detail::require(
-      opt.max_condition >= 0, ErrorKind::shape, fn,
-      ttx::detail::concat("options.max_condition expected >= 0, got ", opt.max_condition));
+  ttx::detail::require(opt.max_condition >= 0, ErrorKind::shape, fn,
+                       "options.max_condition expected >= 0, got ", opt.max_condition);
   if (cfg.rope.enabled() && opt.form != CacheForm::keys)
     ttx::detail::raise(
         ErrorKind::unsupported,
