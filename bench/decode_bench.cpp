@@ -12,9 +12,9 @@
 //     iteration, over the kernel's time (the bandwidth roofline fraction measured in the moment)
 //   decode/paired_rope_{raw,rotated}/<f32|bf16>/h:<4|8>/dk:128/n:16384/threads:<all>  the same
 //     with RoPE: slim rotates raw keys as it reads them, or un-rotates cached rotated keys
-// Caches are filled once; when one cache is smaller than 64 MB, several copies are cycled so each
-// iteration reads memory that is not in the last-level cache (cold-ish, as in a real model where
-// the other layers' caches evict this one).
+// Caches are filled once; several copies are cycled (bench::cold_copies) so each iteration reads
+// memory that is not in the last-level cache (as in a real model, where the other layers' caches
+// evict this one).
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -35,8 +35,6 @@ namespace {
 using namespace ttx;
 using kernel::KeyRotation;
 
-constexpr double kColdBytes = 64.0 * (1 << 20);
-
 /// Deterministic values ~ U(-1, 1), cheap enough to fill a gigabyte.
 template <class T>
 void fill(T* p, Index count, std::uint64_t seed) {
@@ -47,10 +45,6 @@ void fill(T* p, Index count, std::uint64_t seed) {
         static_cast<float>(static_cast<std::int64_t>(x >> 11) - (std::int64_t(1) << 52)) /
         static_cast<float>(std::int64_t(1) << 52));
   }
-}
-
-int copies_for(double bytes) {
-  return static_cast<int>(std::min(16.0, std::max(1.0, std::ceil(kColdBytes / bytes))));
 }
 
 /// Vanilla decode: KV caches (cycled copies), the query and the output.
@@ -69,7 +63,7 @@ struct VanillaStep {
         q(sh.q_width()),
         out(sh.q_width()) {
     const Index e = sh.kv_width();
-    for (int c = 0, nc = copies_for(cache_bytes); c < nc; ++c) {
+    for (int c = 0, nc = bench::cold_copies(cache_bytes); c < nc; ++c) {
       caches.push_back(std::make_unique<KVCache<T>>(sh, n));
       fill(caches.back()->keys().extend(n).data(), n * e, 2 * c + 1);
       fill(caches.back()->values().extend(n).data(), n * e, 2 * c + 2);
@@ -111,7 +105,7 @@ struct SlimStep {
         q(sh.q_width()),
         rope(RopeSpec::full(dk, RopeLayout::half_split)) {
     const Index d = sh.d;
-    for (int c = 0, nc = copies_for(cache_bytes); c < nc; ++c) {
+    for (int c = 0, nc = bench::cold_copies(cache_bytes); c < nc; ++c) {
       caches.push_back(std::make_unique<RowCache<T>>(d, n));
       fill(caches.back()->extend(n).data(), n * d, 2 * c + 1);
     }

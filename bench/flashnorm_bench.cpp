@@ -4,7 +4,7 @@
 // Both use the same product code (kernel::flashnorm_linear / kernel::linear_unscaled share it):
 // batch 1 is the AVX-512 GEMV streaming rows of W, batch > 1 Eigen's GEMM (bf16: per-panel
 // widening). Per iteration: bytes d k sizeof(T) + b (d + k) 4, flops 2 b d k. Weights are cycled
-// over several copies (>= 64 MB in total) so each iteration reads W from memory, not cache.
+// over several copies (bench::cold_copies) so each iteration reads W from memory, not cache.
 //   flashnorm_linear/paired/<type>/d:<d>/k:<k>/batch:<b>  both, alternating within every
 // iteration (order swapped each time); counter fused_over_unfused = median of the per-iteration
 // time ratios. This VM's bandwidth drifts within seconds (the separate runs above show 20-30 %
@@ -43,7 +43,7 @@ struct Setup {
   RowVector<float> gain;
   Setup(Index d, Index k, Index b) {
     const double bytes = static_cast<double>(d * k) * sizeof(T);
-    const int copies = static_cast<int>(std::min(16.0, std::max(1.0, std::ceil(64e6 / bytes))));
+    const int copies = bench::cold_copies(bytes);
     for (int c = 0; c < copies; ++c) {
       w.emplace_back(d, k);
       fill(w.back().data(), d * k, static_cast<std::uint64_t>(c + 1),

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -24,10 +25,19 @@ struct Roofline {
 const Roofline& roofline();
 
 /// Seconds to read `bytes` (up to 512 MB) from memory with the probe's streaming reduction on
-/// `threads` threads: the bandwidth bound for that many bytes, measured in the same moment as the
+/// `threads` threads (an OpenMP team, as the kernels use, fork and join included): the bandwidth
+/// bound for that many bytes, measured in the same moment as the
 /// kernel next to it (this VM's bandwidth moves by up to 2x within one run, so the fraction of the
 /// start-of-run probe, `roofline`, can read above 1 or far below the truth).
 double cold_read_seconds(double bytes, int threads);
+
+/// Copies of a benchmark's data (`bytes` each) to cycle so every iteration reads from memory: at
+/// least 320 MB in all (at most 512 copies). 64 MB was not enough here: the 32 MB L3 kept part of
+/// a 64 MB cycle (f32 4096 x 4096 GEMV, one 67 MB copy: 1.1-1.3x the rate of a plain cold read of
+/// its bytes in the same iteration; with 320 MB, 0.89-1.0).
+inline int cold_copies(double bytes) {
+  return static_cast<int>(std::min(512.0, std::max(1.0, std::ceil(320e6 / std::max(1.0, bytes)))));
+}
 
 /// Threads available to a kernel (hardware concurrency).
 int max_threads();
