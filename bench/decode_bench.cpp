@@ -6,6 +6,8 @@
 //   vanilla  bytes 2 n e sizeof(T)                        flops 4 n h dk (scores, P V)
 //   slim     bytes n d sizeof(T) + d d 4 (float W_KV)     flops 2 n h dk (scores) + 2 h n d (S K)
 //                                                               + 2 h d dk (U_i W_KV,i)
+//   counter read_fraction: a plain read of those bytes on the same threads, timed after every
+//   iteration (outside the timing), over the iteration's time (median; bench::cold_read_seconds)
 //   decode/paired/<type>/h:<h>/dk:128/n:<n>/threads:<all>  both in every iteration, alternating;
 //     counters slim_over_vanilla (median of per-iteration ratios), slim_ms, vanilla_ms, and
 //     {slim,vanilla}_read_fraction: a plain read of the kernel's bytes, timed in the same
@@ -17,6 +19,8 @@
 // evict this one).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -130,7 +134,18 @@ struct SlimStep {
 
 template <class Step>
 void bm_step(benchmark::State& state, Step& step, int threads) {
-  for (auto _ : state) step.run();
+  using clock = std::chrono::steady_clock;
+  std::vector<double> fractions;  // same-moment read of the step's bytes over the step's time
+  for (auto _ : state) {
+    const auto t0 = clock::now();
+    step.run();
+    const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    state.PauseTiming();
+    fractions.push_back(bench::cold_read_seconds(step.bytes(), threads) / seconds);
+    state.ResumeTiming();
+  }
+  std::sort(fractions.begin(), fractions.end());
+  if (!fractions.empty()) state.counters["read_fraction"] = fractions[fractions.size() / 2];
   bench::report(state, step.bytes(), step.flops, threads);
   state.counters["cache_bytes"] = static_cast<double>(step.caches[0]->bytes());
 }
