@@ -24,7 +24,7 @@ struct Roofline {
 /// Measured on first use (ttx_bench's main calls it before running anything).
 const Roofline& roofline();
 
-/// Seconds to read `bytes` (up to 512 MB) from memory with the probe's streaming reduction on
+/// Seconds to read `bytes` from memory with the probe's streaming reduction on
 /// `threads` threads (an OpenMP team, as the kernels use, fork and join included): the bandwidth
 /// bound for that many bytes, measured in the same moment as the
 /// kernel next to it (this VM's bandwidth moves by up to 2x within one run, so the fraction of the
