@@ -24,11 +24,11 @@ struct Roofline {
 /// Measured on first use (ttx_bench's main calls it before running anything).
 const Roofline& roofline();
 
-/// Seconds to read `bytes` from memory with the probe's streaming reduction on
-/// `threads` threads (an OpenMP team, as the kernels use, fork and join included): the bandwidth
-/// bound for that many bytes, measured in the same moment as the
-/// kernel next to it (this VM's bandwidth moves by up to 2x within one run, so the fraction of the
-/// start-of-run probe, `roofline`, can read above 1 or far below the truth).
+/// Seconds to read `bytes` from memory with the probe's streaming reduction on `threads` threads
+/// (an OpenMP team, as the kernels use, fork and join included): the bandwidth bound for that many
+/// bytes, measured in the same moment as the kernel next to it (this VM's bandwidth moves by up to
+/// 2x within one run, so the fraction of the start-up probe, `roofline`, can read above 1 or far
+/// below the truth).
 double cold_read_seconds(double bytes, int threads);
 
 /// Copies of a benchmark's data (`bytes` each) to cycle so every iteration reads from memory: at
