@@ -55,12 +55,6 @@ struct DecodeOptions {
 
 namespace detail {
 
-/// require() with a message built only on failure (the entry checks run on every decode step).
-template <class Msg>
-inline void check(bool ok, const char* fn, Msg&& msg) {
-  if (!ok) ttx::detail::raise(ErrorKind::shape, ttx::detail::concat("ttx::", fn, ": ", msg()));
-}
-
 /// shape.validate(fn), without its message formatting unless something is wrong.
 inline void check_shape_valid(const char* fn, const AttentionShape& s) {
   if (!(s.d > 0 && s.heads > 0 && s.head_dim > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0))
@@ -69,9 +63,9 @@ inline void check_shape_valid(const char* fn, const AttentionShape& s) {
 
 inline void check_rotation(const char* fn, const DecodeOptions& opt, Index head_dim) {
   if (opt.rotation == KeyRotation::none) return;
-  check(opt.rope != nullptr, fn, [] {
-    return "opt.rope expected a RopeSpec for rotate_on_read/unrotate_on_read, got nullptr";
-  });
+  ttx::detail::require(
+      opt.rope != nullptr, ErrorKind::shape, fn,
+      "opt.rope expected a RopeSpec for rotate_on_read/unrotate_on_read, got nullptr");
   const RopeSpec& r = *opt.rope;
   if (!(r.rotary_dim >= 0 && r.rotary_dim % 2 == 0 && r.rotary_dim <= head_dim &&
         (r.inv_freq.empty() ? r.base > 0 : static_cast<Index>(r.inv_freq.size()) == r.pairs())))
@@ -79,11 +73,12 @@ inline void check_rotation(const char* fn, const DecodeOptions& opt, Index head_
 }
 
 inline void check_common(const char* fn, Index n, const DecodeOptions& opt) {
-  check(n > 0, fn, [] { return "cache size expected > 0 rows, got 0 (decode needs a key)"; });
-  check(opt.tile >= 0, fn,
-        [&] { return ttx::detail::concat("opt.tile expected >= 0, got ", opt.tile); });
-  check(opt.threads >= 0, fn,
-        [&] { return ttx::detail::concat("opt.threads expected >= 0, got ", opt.threads); });
+  ttx::detail::require(n > 0, ErrorKind::shape, fn,
+                       "cache size expected > 0 rows, got 0 (decode needs a key)");
+  ttx::detail::require(opt.tile >= 0, ErrorKind::shape, fn, "opt.tile expected >= 0, got ",
+                       opt.tile);
+  ttx::detail::require(opt.threads >= 0, ErrorKind::shape, fn, "opt.threads expected >= 0, got ",
+                       opt.threads);
 }
 
 /// What one streaming pass computes. Scores: query head i (at q + i*q_ld, L values) belongs to
@@ -337,18 +332,16 @@ void decode_vanilla(Eigen::Ref<const RowVector<float>> q, const KVCache<T>& cach
                     Eigen::Ref<RowVector<float>> out) {
   const char* fn = "kernel::decode_vanilla";
   detail::check_shape_valid(fn, shape);
-  detail::check(cache.shape() == shape, fn, [&] {
-    return ttx::detail::concat("cache.shape() expected the shape argument (heads ", shape.heads,
-                               ", kv_heads ", shape.kv_heads, ", head_dim ", shape.head_dim,
-                               "), got heads ", cache.shape().heads, ", kv_heads ",
-                               cache.shape().kv_heads, ", head_dim ", cache.shape().head_dim);
-  });
+  ttx::detail::require(cache.shape() == shape, ErrorKind::shape, fn,
+                       "cache.shape() expected the shape argument (heads ", shape.heads,
+                       ", kv_heads ", shape.kv_heads, ", head_dim ", shape.head_dim,
+                       "), got heads ", cache.shape().heads, ", kv_heads ", cache.shape().kv_heads,
+                       ", head_dim ", cache.shape().head_dim);
   detail::check_common(fn, cache.size(), opt);
   ttx::detail::check_dim(fn, "q.cols() (= heads*head_dim)", shape.q_width(), q.cols());
   ttx::detail::check_dim(fn, "out.cols() (= heads*head_dim)", shape.q_width(), out.cols());
-  detail::check(opt.rotation == KeyRotation::none, fn, [] {
-    return "opt.rotation expected KeyRotation::none (a KV cache holds rotated keys)";
-  });
+  ttx::detail::require(opt.rotation == KeyRotation::none, ErrorKind::shape, fn,
+                       "opt.rotation expected KeyRotation::none (a KV cache holds rotated keys)");
   const Index e = shape.kv_width(), dk = shape.head_dim;
   detail::Stream s = detail::score_stream(
       cache.size(), shape.heads, q.data(), dk, shape.kv_heads, dk,
@@ -377,9 +370,8 @@ void decode_weighted_keys(Eigen::Ref<const RowVector<float>> q, const RowCache<T
   detail::check_common(fn, keys.size(), opt);
   detail::check_rotation(fn, opt, shape.head_dim);
   const Index e = shape.kv_width(), w = keys.width(), dk = shape.head_dim;
-  detail::check(w >= e, fn, [&] {
-    return ttx::detail::concat("keys.width() expected >= kv_width=", e, ", got ", w);
-  });
+  ttx::detail::require(w >= e, ErrorKind::shape, fn, "keys.width() expected >= kv_width=", e,
+                       ", got ", w);
   ttx::detail::check_dim(fn, "q.cols() (= heads*head_dim)", shape.q_width(), q.cols());
   ttx::detail::check_shape(fn, "U", U, shape.heads, w);
   detail::Stream s = detail::score_stream(
@@ -407,18 +399,16 @@ void decode_weighted_rows(Eigen::Ref<const RowMatrix<float>> Qt, const RowCache<
                           const DecodeOptions& opt, Eigen::Ref<RowMatrix<float>> U) {
   const char* fn = "kernel::decode_weighted_rows";
   detail::check_common(fn, rows.size(), opt);
-  detail::check(opt.rotation == KeyRotation::none, fn, [] {
-    return "opt.rotation expected KeyRotation::none (the inputs form has no RoPE)";
-  });
-  detail::check(opt.scale != 0, fn, [] {
-    return "opt.scale expected nonzero (no head_dim to default from: pass 1/sqrt(head_dim), or "
-           "1 when folded into Qt), got 0";
-  });
+  ttx::detail::require(opt.rotation == KeyRotation::none, ErrorKind::shape, fn,
+                       "opt.rotation expected KeyRotation::none (the inputs form has no RoPE)");
+  ttx::detail::require(
+      opt.scale != 0, ErrorKind::shape, fn,
+      "opt.scale expected nonzero (no head_dim to default from: pass 1/sqrt(head_dim), or "
+      "1 when folded into Qt), got 0");
   const Index w = rows.width();
   ttx::detail::check_dim(fn, "Qt.cols() (= rows.width())", w, Qt.cols());
-  detail::check(Qt.rows() > 0, fn, [&] {
-    return ttx::detail::concat("Qt.rows() (= heads) expected > 0, got ", Qt.rows());
-  });
+  ttx::detail::require(Qt.rows() > 0, ErrorKind::shape, fn,
+                       "Qt.rows() (= heads) expected > 0, got ", Qt.rows());
   ttx::detail::check_shape(fn, "U", U, Qt.rows(), w);
   detail::Stream s = detail::score_stream(rows.size(), Qt.rows(), Qt.data(), Qt.outerStride(), 1, w,
                                           static_cast<float>(opt.scale), opt.score_bias);
@@ -445,8 +435,7 @@ inline void decode_heads_from_weighted(Eigen::Ref<const RowMatrix<float>> U,
   ttx::detail::check_shape(fn, "W", W, w, shape.kv_width());
   ttx::detail::check_shape(fn, "U", U, h, w);
   ttx::detail::check_shape(fn, "H", H, h, dk);
-  detail::check(threads >= 0, fn,
-                [&] { return ttx::detail::concat("threads expected >= 0, got ", threads); });
+  ttx::detail::require(threads >= 0, ErrorKind::shape, fn, "threads expected >= 0, got ", threads);
   // Rows [r0, r1) of W into O (h x dk): one product per KV group.
   auto rows = [&](Index r0, Index r1, auto&& O) {
     for (Index g = 0; g < shape.kv_heads; ++g)
