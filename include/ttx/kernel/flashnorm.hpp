@@ -85,12 +85,17 @@ inline __m512 load16_masked(const T* p, __mmask16 m) {
 // hardware prefetcher alone.
 constexpr Index kShortRowBytes = 6 << 10;
 struct SweepPrefetch {
-  const char* base = nullptr;  // W's first byte; positions are byte offsets (no pointer past W)
-  Index pos = 0, end = 0, per_step = 0;
-  void start(Index block, Index range_end, Index block_bytes, Index steps) {
+  const char* base;  // W's first byte; positions are byte offsets (no pointer past W is formed)
+  Index range_end, block_bytes, per_step;
+  SweepPrefetch(const void* w, Index range_end_, Index block_bytes_, Index steps)
+      : base(static_cast<const char*>(w)),
+        range_end(range_end_),
+        block_bytes(block_bytes_),
+        per_step((block_bytes_ / 64 + steps - 1) / steps) {}
+  Index pos = 0, end = 0;
+  void start(Index block) {
     pos = block;
     end = std::min(block + block_bytes, range_end);
-    per_step = (block_bytes / 64 + steps - 1) / steps;
   }
   void step() {
     for (Index p = 0; p < per_step && pos < end; ++p, pos += 64)
@@ -110,10 +115,10 @@ inline float gemv_rows_avx512(const float* a, const T* w, Index ldw, Index out, 
   float ss = 0.f;
   const Index row_bytes = ldw * static_cast<Index>(sizeof(T));
   const bool prefetch = row_bytes <= kShortRowBytes && full > 0;
-  SweepPrefetch pf{reinterpret_cast<const char*>(w)};
+  SweepPrefetch pf(w, i1 * row_bytes, 8 * row_bytes, std::max<Index>(1, full / 16));
   Index i = i0;
   for (; i + 8 <= i1; i += 8) {
-    if (prefetch) pf.start((i + 16) * row_bytes, i1 * row_bytes, 8 * row_bytes, full / 16);
+    if (prefetch) pf.start((i + 16) * row_bytes);
     __m512 av[8];
     for (int r = 0; r < 8; ++r) {
       av[r] = _mm512_set1_ps(a[i + r]);
