@@ -19,7 +19,6 @@
 // evict this one).
 #include <benchmark/benchmark.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -144,8 +143,7 @@ void bm_step(benchmark::State& state, Step& step, int threads) {
     fractions.push_back(bench::cold_read_seconds(step.bytes(), threads) / seconds);
     state.ResumeTiming();
   }
-  std::sort(fractions.begin(), fractions.end());
-  if (!fractions.empty()) state.counters["read_fraction"] = fractions[fractions.size() / 2];
+  state.counters["read_fraction"] = bench::median(fractions);
   bench::report(state, step.bytes(), step.flops, threads);
   state.counters["cache_bytes"] = static_cast<double>(step.caches[0]->bytes());
 }

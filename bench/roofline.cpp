@@ -22,11 +22,6 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 // Sum of [p, p + count), read as 8 interleaved streams (8 far-apart chunks, one vector from each
 // per step) into 8 accumulators. One sequential stream with one accumulator (Eigen's sum()) is
 // bound by add latency and by one stream's prefetch depth: it measured 20 GB/s on one thread here,

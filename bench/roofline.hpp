@@ -49,6 +49,13 @@ void report(benchmark::State& state, double bytes, double flops, int threads);
 std::string name(const std::string& what, const std::string& variant, const std::string& type,
                  std::initializer_list<std::pair<const char*, long long>> keys);
 
+/// The upper median of v (v[size / 2] in sorted order), 0 when empty.
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+  return v[v.size() / 2];
+}
+
 /// Medians of a paired run: b's time over a's (per iteration), each one's seconds, and with a
 /// same-moment read, each one's read fraction: the time a plain read of its bytes took in the same
 /// iteration over its own time (1.0 = at the bandwidth bound).
@@ -90,11 +97,6 @@ PairedMedians run_paired(benchmark::State& state, A&& a, B&& b, double a_bytes =
       fb.push_back(read * (b_bytes / a_bytes) / t[1]);
     }
   }
-  auto median = [](std::vector<double>& v) {
-    if (v.empty()) return 0.0;
-    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-    return v[v.size() / 2];
-  };
   return {median(ratios), median(ta), median(tb), median(fa), median(fb)};
 }
 
