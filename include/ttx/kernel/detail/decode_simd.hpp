@@ -178,21 +178,31 @@ inline void dots_4keys(const float* q, Index q_ld, const T* const (&k)[4], Index
 }
 
 /// S[i * ldS + jj] = dot(q_i, row jj's columns [g(i) * L, (g(i) + 1) * L)) for every head i
-/// (g(i) = i / hg) and tile row jj < b; rows are `ld` apart. Four rows at a time against up to
-/// four heads of their group: a group's key segment is read once per four heads, not once per
-/// head. Measured against one head at a time (same sums, bitwise; same process, 2 threads): the
-/// inputs form (all heads share the rows) 0.58-0.63x the time (h 6 w 384 n 1500, h 16 w 1024
-/// n 4096, h 8 w 512 n 16384), vanilla GQA n 16384 with 4-8 heads per group f32 0.65-0.94x,
-/// with 2 (h 32, kv 16) 1.03x; bf16 0.85-0.97x.
+/// (g(i) = i / hg) and tile row jj < b; rows are `ld` apart. pf (may be null): pf_len bytes
+/// prefetched into L2 in address order, spread evenly over the 4-key blocks (see stream_range).
+/// Four rows at a time against up to four heads of their group: a group's key segment is read once
+/// per four heads, not once per head. Measured against one head at a time (same sums, bitwise; same
+/// process, 2 threads): the inputs form (all heads share the rows) 0.58-0.63x the time (h 6 w 384 n
+/// 1500, h 16 w 1024 n 4096, h 8 w 512 n 16384), vanilla GQA n 16384 with 4-8 heads per group f32
+/// 0.65-0.94x, with 2 (h 32, kv 16) 1.03x; bf16 0.85-0.97x.
 template <class T>
 inline void tile_scores(const float* q, Index q_ld, Index groups, Index hg, const T* rows, Index ld,
-                        Index L, Index b, float* S, Index ldS) {
+                        Index L, Index b, float* S, Index ldS, const char* pf = nullptr,
+                        Index pf_len = 0) {
   const __mmask16 tail = tail_mask(L % 16);
+  const Index blocks = groups * (b / 4);
+  const Index per_block = blocks > 0 ? (pf_len + blocks - 1) / blocks : 0;
+  Index blk = 0;  // 4-key blocks done; block blk prefetches whole lines of its share
   for (Index g = 0; g < groups; ++g) {
     const float* qg = q + g * hg * q_ld;
     float* Sg = S + g * hg * ldS;
     Index jj = 0;
-    for (; jj + 4 <= b; jj += 4) {
+    for (; jj + 4 <= b; jj += 4, ++blk) {
+      if (pf) {
+        const Index end = blk + 1 == blocks ? pf_len : (blk + 1) * per_block / 64 * 64;
+        for (Index x = blk * per_block / 64 * 64; x < std::min(end, pf_len); x += 64)
+          _mm_prefetch(pf + x, _MM_HINT_T1);
+      }
       const T* k0 = rows + jj * ld + g * L;
       const T* const k[4] = {k0, k0 + ld, k0 + 2 * ld, k0 + 3 * ld};
       for (Index t = 0; t < hg; t += 4)
@@ -315,22 +325,20 @@ inline void micro_bf16x64(const float* P, Index ldp, Index B, const bf16* K, Ind
 /// MR heads, each weighting its own 64 key columns (vanilla MHA: head i's values start i * koff
 /// columns further): C_i (C + i * ldc, 64 values) = alpha_i C_i + P_i (1 x B) * K_i (B x 64).
 /// One head alone is FMA-latency-bound (4 accumulator chains); MR heads give 4 MR chains.
-/// Key step j prefetches bytes [j * pf_step, (j + 1) * pf_step) of [pf0, pf0 + pf_len) (and of
-/// pf1), the last step all that is left, so a caller can spread a contiguous region over its
-/// calls in address order.
+/// Key step j prefetches bytes [j * pf_step, (j + 1) * pf_step) of [pf, pf + pf_len), the last
+/// step all that is left, so a caller can spread a contiguous region over its calls in address
+/// order.
 template <int MR, class T>
 inline void micro_heads64(const float* P, Index ldp, Index B, const T* K, Index ldk, Index koff,
-                          float* C, Index ldc, const float* alpha, const char* pf0, const char* pf1,
-                          Index pf_step, Index pf_len) {
+                          float* C, Index ldc, const float* alpha, const char* pf, Index pf_step,
+                          Index pf_len) {
   __m512 acc[MR][4];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
   for (Index j = 0; j < B; ++j) {
     const Index pf_end = j + 1 == B ? pf_len : std::min(pf_len, (j + 1) * pf_step);
-    for (Index x = j * pf_step; x < pf_end; x += 64) {
-      if (pf0) _mm_prefetch(pf0 + x, _MM_HINT_T1);
-      if (pf1) _mm_prefetch(pf1 + x, _MM_HINT_T1);
-    }
+    if (pf)
+      for (Index x = j * pf_step; x < pf_end; x += 64) _mm_prefetch(pf + x, _MM_HINT_T1);
     const T* krow = K + j * ldk;
     for (int i = 0; i < MR; ++i) {
       __m512 kv[4];
@@ -446,39 +454,37 @@ inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T
 }
 
 /// One head per key segment (vanilla MHA): head i's row C_i (C + i * ldc, L values) = alpha_i C_i +
-/// P_i (1 x B) * K[:, [i * L, (i + 1) * L)). next0/next1 (may be null): the next tile's B rows of
-/// ldk values each, contiguous, prefetched into L2 in address order, spread evenly over the
-/// kernel calls. Measured against the per-head tile_product with its slab-order prefetch (same
-/// process, n 16384, dk 128, 2 threads): bfloat16 h 8-32 0.78-0.85x the time, float 0.90-0.97x;
-/// the kernel then reads at 0.8-1.0 of a plain sequential read's rate. Heads run in
-/// blocks of four (16 independent accumulator chains).
+/// P_i (1 x B) * K[:, [i * L, (i + 1) * L)). next (may be null): the next tile's B rows of ldk
+/// values, contiguous, prefetched into L2 in address order, spread evenly over the kernel calls.
+/// Measured against the per-head tile_product with its slab-order prefetch (same process, n 16384,
+/// dk 128, 2 threads): bfloat16 h 8-32 0.78-0.85x the time, float 0.90-0.97x; the kernel then reads
+/// at 0.8-1.0 of a plain sequential read's rate. Heads run in blocks of four (16 independent
+/// accumulator chains).
 template <class T>
 inline void tile_product_heads(const float* P, Index ldp, Index heads, Index B, const T* K,
                                Index ldk, Index L, float* C, Index ldc, const float* alpha,
-                               const T* next0, const T* next1) {
+                               const T* next) {
   const Index full = L / 64 * 64;
   if (full == 0) {  // heads narrower than one slab: per head, with tile_product's own prefetch
     for (Index i = 0; i < heads; ++i)
       tile_product(P + i * ldp, ldp, 1, B, K + i * L, ldk, L, C + i * ldc, ldc, alpha + i,
-                   next0 ? next0 + i * L : next0, next1 ? next1 + i * L : next1);
+                   next ? next + i * L : next);
     return;
   }
   const Index calls = (heads + 3) / 4 * (full / 64);
   const Index region = B * ldk * static_cast<Index>(sizeof(T));
   const Index per_call = (region + calls - 1) / calls;
   const Index step = ((per_call + B - 1) / B + 63) / 64 * 64;  // whole lines per key step
-  const char* n0 = reinterpret_cast<const char*>(next0);
-  const char* n1 = reinterpret_cast<const char*>(next1);
+  const char* pf = reinterpret_cast<const char*>(next);
   Index call = 0;
   for (Index i = 0; i < heads; i += 4)
     for (Index c = 0; c < full; c += 64, ++call) {
       const Index off = call * per_call / 64 * 64;  // whole lines; the last call runs to the end
       const Index len = call + 1 == calls ? region - off : (call + 1) * per_call / 64 * 64 - off;
-      const char* p0 = n0 ? n0 + off : n0;
-      const char* p1 = n1 ? n1 + off : n1;
       with_block_of_4(heads - i, [&](auto G) {
         micro_heads64<decltype(G)::value>(P + i * ldp, ldp, B, K + i * L + c, ldk, L,
-                                          C + i * ldc + c, ldc, alpha + i, p0, p1, step, len);
+                                          C + i * ldc + c, ldc, alpha + i, pf ? pf + off : pf, step,
+                                          len);
       });
     }
   for (Index i = 0; full < L && i < heads; ++i)  // columns past the last slab (already prefetched)
@@ -505,7 +511,8 @@ inline void group_dots(const float* q, Index q_ld, Index hg, const T* k, Index L
 
 template <class T>
 inline void tile_scores(const float* q, Index q_ld, Index groups, Index hg, const T* rows, Index ld,
-                        Index L, Index b, float* S, Index ldS) {
+                        Index L, Index b, float* S, Index ldS, const char* /*pf*/ = nullptr,
+                        Index /*pf_len*/ = 0) {
   for (Index jj = 0; jj < b; ++jj)
     for (Index g = 0; g < groups; ++g)
       group_dots(q + g * hg * q_ld, q_ld, hg, rows + jj * ld + g * L, L, S + g * hg * ldS + jj,
@@ -531,7 +538,7 @@ inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T
 template <class T>
 inline void tile_product_heads(const float* P, Index ldp, Index heads, Index B, const T* K,
                                Index ldk, Index L, float* C, Index ldc, const float* alpha,
-                               const T* /*next0*/, const T* /*next1*/) {
+                               const T* /*next*/) {
   for (Index i = 0; i < heads; ++i)
     tile_product(P + i * ldp, ldp, 1, B, K + i * L, ldk, L, C + i * ldc, ldc, alpha + i);
 }
