@@ -128,6 +128,16 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
   grow(sc.alpha, h);
   const bool unrotating = s.rotation == KeyRotation::unrotate_on_read;
   if (unrotating) grow(sc.R, B * s.rot_cols);
+  // Slim and the inputs form read one array twice per tile, scores then sum. The product
+  // prefetches the next tile, except that for slim keys used as cached with few heads (h <= 4:
+  // few operations per byte, the stream is memory-bound) the score pass takes the first rows of
+  // it: twice its share of the operations, L / (L + w) (a score term costs about twice a product
+  // term: reductions, 4-key blocks). Measured against all by the product (n 16384, alternating
+  // builds): f32 MHA h 2-4 0.75-0.95x the time on 1 and 2 threads, bf16 0.9-1.05x; with h 6-8
+  // the split measured 1.05-1.12x.
+  const Index slim_score_share = s.rotation != KeyRotation::none || h > 4 || s.L >= oc
+                                     ? 0
+                                     : std::min(B, 2 * B * s.L / (s.L + oc));
   float* C = sc.C.data();
   float* S = sc.S.data();
   std::fill(C, C + h * oc, 0.0f);
@@ -136,16 +146,16 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
   for (Index j0 = lo; j0 < hi; j0 += B) {
     const Index b = std::min(B, hi - j0);
     const T* Kt = K + j0 * ldk;
-    // The next (full) tile is prefetched into L2 while this one computes. Vanilla: its keys by
-    // the score pass, its values by the product, so requests go out during the whole tile. With
-    // both issued by the product the stream idled through each score pass; measured against
-    // that (n 16384, 320 MB cycle, alternating builds): bf16 MHA 0.56-0.97x the time on one
-    // thread (head_dim 64: 0.56-0.86x), 0.65-1.01x on two; f32 0.84-1.06x; GQA 0.62-0.87x.
-    // Slim and the inputs form (one array, read twice per tile): all by the product (moving
-    // some or all to the score pass measured 0.9-1.8x the time), or, when this tile's keys are
-    // un-rotated into R first, by that pass (the product then reads R, not the cache).
+    // The next (full) tile is prefetched into L2 while this one computes, by the passes over
+    // this tile, so that requests go out during the whole tile (see slim_score_share above).
+    // Vanilla: its keys by the score pass, its values by the product. With both issued by the
+    // product the stream idled through each score pass; measured against that (n 16384, 320 MB
+    // cycle, alternating builds): bf16 MHA 0.56-0.97x the time on one thread (head_dim 64:
+    // 0.56-0.86x), 0.65-1.01x on two; f32 0.84-1.06x; GQA 0.62-0.87x. Keys un-rotated into R
+    // first: by that pass (the product then reads R, not the cache).
     const bool next_full = j0 + 2 * B <= hi;
     const T* Kn = next_full ? Kt + B * ldk : nullptr;
+    const Index score_rows = s.per_group ? B : slim_score_share;
     if (unrotating)  // the tile's first rot_cols columns, un-rotated (-j theta) for the sum
       rotate_rows(Kt, ldk, b, *s.rope, j0, -1.0f, s.rot_cols / s.head_dim, s.head_dim, sc.R.data(),
                   s.rot_cols, Kn, sc.rotated);
@@ -156,8 +166,8 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
                           sc.rotated);
     else
       tile_scores(s.q, s.q_ld, s.groups, s.hg, Kt, ldk, s.L, b, S, ldS,
-                  s.per_group && Kn ? reinterpret_cast<const char*>(Kn) : nullptr,
-                  B * ldk * static_cast<Index>(sizeof(T)));
+                  Kn ? reinterpret_cast<const char*>(Kn) : nullptr,
+                  score_rows * ldk * static_cast<Index>(sizeof(T)));
     for (Index i = 0; i < h; ++i) {
       float* Si = S + i * ldS;
       std::fill(Si + b, Si + ldS, -std::numeric_limits<float>::infinity());
@@ -190,7 +200,7 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
         tile_product(S, ldS, h, b, Kt + s.rot_cols, ldk, oc - s.rot_cols, C + s.rot_cols, oc,
                      alpha);
     } else {
-      tile_product(S, ldS, h, b, Kt, ldk, oc, C, oc, alpha, Kn);
+      tile_product(S, ldS, h, b, Kt, ldk, oc, C, oc, alpha, Kn, score_rows);
     }
   }
 }

@@ -216,23 +216,21 @@ inline void tile_scores(const float* q, Index q_ld, Index groups, Index hg, cons
 
 /// Register block: MR rows of C times NV vectors of 16 columns, accumulated over B keys, then
 /// C = alpha .* C + acc. The last vector is masked by `last` (all ones when full).
-/// pf0/pf1 (may be null): the same columns of the next tile (ld ldk), prefetched into L2 row by
-/// row so the next tile streams in from memory while this one computes.
+/// pf (may be null): the same columns of the next tile (ld ldk), its rows from pf_from on
+/// prefetched into L2 row by row so the next tile streams in from memory while this one computes
+/// (rows before pf_from are the score pass's share, see stream_range).
 template <int MR, int NV, class T, bool Full = false>
 inline void micro(const float* P, Index ldp, Index B, const T* K, Index ldk, float* C, Index ldc,
-                  const float* alpha, __mmask16 last, const T* pf0, const T* pf1) {
+                  const float* alpha, __mmask16 last, const T* pf, Index pf_from) {
   __m512 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   constexpr int kLine = static_cast<int>(64 / sizeof(T));  // values per cache line
   for (Index j = 0; j < B; ++j) {
     const T* krow = K + j * ldk;
-    if (pf0)
+    if (pf && j >= pf_from)
       for (int v = 0; v < 16 * NV; v += kLine)
-        _mm_prefetch(reinterpret_cast<const char*>(pf0 + j * ldk + v), _MM_HINT_T1);
-    if (pf1)
-      for (int v = 0; v < 16 * NV; v += kLine)
-        _mm_prefetch(reinterpret_cast<const char*>(pf1 + j * ldk + v), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(pf + j * ldk + v), _MM_HINT_T1);
     __m512 kv[NV];
     for (int v = 0; v < NV - 1; ++v) kv[v] = load16(krow + 16 * v);
     // Masked loads cost ~3x a plain load on this core (measured): only the true tail uses one.
@@ -296,20 +294,16 @@ inline void store64(float* c, __m512 a, const __m512 (&acc)[4]) {
 /// micro<MR, 4> for bfloat16 keys over a full 64-column slab, widened by load64's unpacks.
 template <int MR>
 inline void micro_bf16x64(const float* P, Index ldp, Index B, const bf16* K, Index ldk, float* C,
-                          Index ldc, const float* alpha, const bf16* pf0, const bf16* pf1) {
+                          Index ldc, const float* alpha, const bf16* pf, Index pf_from) {
   __m512 acc[MR][4];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
   for (Index j = 0; j < B; ++j) {
     const bf16* krow = K + j * ldk;
     // 64 bfloat16 keys span two cache lines: prefetch both.
-    if (pf0) {
-      _mm_prefetch(reinterpret_cast<const char*>(pf0 + j * ldk), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(pf0 + j * ldk + 32), _MM_HINT_T1);
-    }
-    if (pf1) {
-      _mm_prefetch(reinterpret_cast<const char*>(pf1 + j * ldk), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(pf1 + j * ldk + 32), _MM_HINT_T1);
+    if (pf && j >= pf_from) {
+      _mm_prefetch(reinterpret_cast<const char*>(pf + j * ldk), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(pf + j * ldk + 32), _MM_HINT_T1);
     }
     __m512 kv[4];
     load64(krow, kv);
@@ -355,75 +349,76 @@ inline void micro_heads64(const float* P, Index ldp, Index B, const T* K, Index 
 /// so they stay within the row even when the last vector is partial.
 template <int MR, int MaxNV, class T>
 inline void micro_rest(const float* P, Index ldp, Index B, const T* K, Index ldk, Index rest,
-                       float* C, Index ldc, const float* alpha, const T* p0, const T* p1) {
+                       float* C, Index ldc, const float* alpha, const T* pf, Index pf_from) {
   if (rest <= 0) return;
   const Index nv = (rest + 15) / 16;
   const __mmask16 last = tail_mask(rest - 16 * (nv - 1));
   switch (nv) {
     case 1:
-      return micro<MR, 1>(P, ldp, B, K, ldk, C, ldc, alpha, last, p0, p1);
+      return micro<MR, 1>(P, ldp, B, K, ldk, C, ldc, alpha, last, pf, pf_from);
     case 2:
-      return micro<MR, 2>(P, ldp, B, K, ldk, C, ldc, alpha, last, p0, p1);
+      return micro<MR, 2>(P, ldp, B, K, ldk, C, ldc, alpha, last, pf, pf_from);
     case 3:
-      return micro<MR, 3>(P, ldp, B, K, ldk, C, ldc, alpha, last, p0, p1);
+      return micro<MR, 3>(P, ldp, B, K, ldk, C, ldc, alpha, last, pf, pf_from);
     default:  // nv == 4; the 48-column kernel's tail never gets here, nor instantiates micro<MR, 4>
-      if constexpr (MaxNV == 4) return micro<MR, 4>(P, ldp, B, K, ldk, C, ldc, alpha, last, p0, p1);
+      if constexpr (MaxNV == 4)
+        return micro<MR, 4>(P, ldp, B, K, ldk, C, ldc, alpha, last, pf, pf_from);
   }
 }
 
 template <int MR, class T>
 inline void micro_cols(const float* P, Index ldp, Index B, const T* K, Index ldk, Index cols,
-                       float* C, Index ldc, const float* alpha, const T* pf0, const T* pf1) {
+                       float* C, Index ldc, const float* alpha, const T* pf, Index pf_from) {
   auto at = [](const T* p, Index c) { return p ? p + c : p; };
   Index c = 0;
   for (; c + 64 <= cols; c += 64) {
     if constexpr (std::is_same_v<T, bf16>)
-      micro_bf16x64<MR>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, at(pf0, c), at(pf1, c));
+      micro_bf16x64<MR>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, at(pf, c), pf_from);
     else
-      micro<MR, 4, T, true>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, __mmask16(0xFFFF), at(pf0, c),
-                            at(pf1, c));
+      micro<MR, 4, T, true>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, __mmask16(0xFFFF), at(pf, c),
+                            pf_from);
   }
-  micro_rest<MR, 4>(P, ldp, B, K + c, ldk, cols - c, C + c, ldc, alpha, at(pf0, c), at(pf1, c));
+  micro_rest<MR, 4>(P, ldp, B, K + c, ldk, cols - c, C + c, ldc, alpha, at(pf, c), pf_from);
 }
 
 /// micro<MR, 3> over 48-column slabs, then the fewer than 48 columns left.
 template <int MR, class T>
 inline void micro_cols48(const float* P, Index ldp, Index B, const T* K, Index ldk, Index cols,
-                         float* C, Index ldc, const float* alpha, const T* pf0, const T* pf1) {
+                         float* C, Index ldc, const float* alpha, const T* pf, Index pf_from) {
   auto at = [](const T* p, Index c) { return p ? p + c : p; };
   Index c = 0;
   for (; c + 48 <= cols; c += 48)
-    micro<MR, 3, T, true>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, __mmask16(0xFFFF), at(pf0, c),
-                          at(pf1, c));
-  micro_rest<MR, 3>(P, ldp, B, K + c, ldk, cols - c, C + c, ldc, alpha, at(pf0, c), at(pf1, c));
+    micro<MR, 3, T, true>(P, ldp, B, K + c, ldk, C + c, ldc, alpha, __mmask16(0xFFFF), at(pf, c),
+                          pf_from);
+  micro_rest<MR, 3>(P, ldp, B, K + c, ldk, cols - c, C + c, ldc, alpha, at(pf, c), pf_from);
 }
 
 template <class T>
 inline void micro_rows(Index mr, const float* P, Index ldp, Index B, const T* K, Index ldk,
-                       Index cols, float* C, Index ldc, const float* alpha, const T* pf0,
-                       const T* pf1) {
+                       Index cols, float* C, Index ldc, const float* alpha, const T* pf,
+                       Index pf_from) {
   switch (mr) {
     case 6:
-      return micro_cols<6>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+      return micro_cols<6>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf, pf_from);
     case 5:
-      return micro_cols<5>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+      return micro_cols<5>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf, pf_from);
     case 4:
-      return micro_cols<4>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+      return micro_cols<4>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf, pf_from);
     case 3:
-      return micro_cols<3>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+      return micro_cols<3>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf, pf_from);
     case 2:
-      return micro_cols<2>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+      return micro_cols<2>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf, pf_from);
     default:
-      return micro_cols<1>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+      return micro_cols<1>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf, pf_from);
   }
 }
 
 /// C (rows x cols, ld ldc) = alpha .* C + P (rows x B, ld ldp) * K (B x cols, ld ldk).
-/// pf0/pf1: optional next-tile rows (B x cols, ld ldk) to prefetch while computing.
+/// pf: optional next-tile rows (B x cols, ld ldk), prefetched from row pf_from on while computing.
 template <class T>
 inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T* K, Index ldk,
-                         Index cols, float* C, Index ldc, const float* alpha,
-                         const T* pf0 = nullptr, const T* pf1 = nullptr) {
+                         Index cols, float* C, Index ldc, const float* alpha, const T* pf = nullptr,
+                         Index pf_from = 0) {
   // Seven or eight rows of float keys: one block over 48-column slabs (24 accumulators + 3 key
   // vectors) reads each key row of the tile once instead of twice (4 + 4 rows over 64 columns;
   // a 64-column slab of 4 KB-strided rows does not stay in L1 for the second block). Measured,
@@ -431,13 +426,13 @@ inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T
   // 0.90x, h 7 0.82x (dk 64: 0.93x); as 2 or 4 such blocks at h 16 / 32 only 0.95-0.98x, and for
   // bfloat16 and half keys not faster than their 64-column kernels, so only here.
   if constexpr (std::is_same_v<T, float>) {
-    if (rows == 8) return micro_cols48<8>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
-    if (rows == 7) return micro_cols48<7>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+    if (rows == 8) return micro_cols48<8>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf, pf_from);
+    if (rows == 7) return micro_cols48<7>(P, ldp, B, K, ldk, cols, C, ldc, alpha, pf, pf_from);
   }
   // Row blocks of at most 6 (24 accumulators + 4 key vectors fit the 32 registers), as even as
   // possible: h = 10 runs as 5 + 5 rather than 6 + 4.
   const Index blocks = (rows + 5) / 6;
-  if (blocks == 1) return micro_rows(rows, P, ldp, B, K, ldk, cols, C, ldc, alpha, pf0, pf1);
+  if (blocks == 1) return micro_rows(rows, P, ldp, B, K, ldk, cols, C, ldc, alpha, pf, pf_from);
   // Several row blocks: 64-column slabs outermost, so every block after the first re-reads a
   // recent slab (B x 64 keys, in L1 when the row stride does not alias, else in L2) instead of the
   // whole tile (measured 3-4% at h = 8 before the 8-row kernel above).
@@ -445,9 +440,9 @@ inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T
     const Index cw = std::min<Index>(64, cols - c);
     for (Index blk = 0, i = 0; blk < blocks; ++blk) {
       const Index mr = (rows - i) / (blocks - blk) + ((rows - i) % (blocks - blk) != 0);
-      const bool pf = blk == 0;  // the first block prefetches the next tile's slab
+      // The first block prefetches the next tile's slab.
       micro_rows(mr, P + i * ldp, ldp, B, K + c, ldk, cw, C + i * ldc + c, ldc, alpha + i,
-                 pf && pf0 ? pf0 + c : nullptr, pf && pf1 ? pf1 + c : nullptr);
+                 blk == 0 && pf ? pf + c : nullptr, pf_from);
       i += mr;
     }
   }
@@ -522,7 +517,7 @@ inline void tile_scores(const float* q, Index q_ld, Index groups, Index hg, cons
 template <class T>
 inline void tile_product(const float* P, Index ldp, Index rows, Index B, const T* K, Index ldk,
                          Index cols, float* C, Index ldc, const float* alpha,
-                         const T* /*pf0*/ = nullptr, const T* /*pf1*/ = nullptr) {
+                         const T* /*pf*/ = nullptr, Index /*pf_from*/ = 0) {
   for (Index i = 0; i < rows; ++i) {
     float* c = C + i * ldc;
     for (Index x = 0; x < cols; ++x) c[x] *= alpha[i];
