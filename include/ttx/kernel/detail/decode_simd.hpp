@@ -219,9 +219,13 @@ inline void tile_scores(const float* q, Index q_ld, Index groups, Index hg, cons
 /// pf (may be null): the same columns of the next tile (ld ldk), its rows from pf_from on
 /// prefetched into L2 row by row so the next tile streams in from memory while this one computes
 /// (rows before pf_from are the score pass's share, see stream_range).
+/// Out of line, as micro_bf16x64: inlined into the (large) stream loop, GCC kept the accumulators
+/// in memory and stored all of them on every key (slim bf16 h 8 took 2.3x the time after an
+/// unrelated edit changed GCC's inlining choice).
 template <int MR, int NV, class T, bool Full = false>
-inline void micro(const float* P, Index ldp, Index B, const T* K, Index ldk, float* C, Index ldc,
-                  const float* alpha, __mmask16 last, const T* pf, Index pf_from) {
+[[gnu::noinline]] void micro(const float* P, Index ldp, Index B, const T* K, Index ldk, float* C,
+                             Index ldc, const float* alpha, __mmask16 last, const T* pf,
+                             Index pf_from) {
   __m512 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
@@ -293,8 +297,9 @@ inline void store64(float* c, __m512 a, const __m512 (&acc)[4]) {
 
 /// micro<MR, 4> for bfloat16 keys over a full 64-column slab, widened by load64's unpacks.
 template <int MR>
-inline void micro_bf16x64(const float* P, Index ldp, Index B, const bf16* K, Index ldk, float* C,
-                          Index ldc, const float* alpha, const bf16* pf, Index pf_from) {
+[[gnu::noinline]] void micro_bf16x64(const float* P, Index ldp, Index B, const bf16* K, Index ldk,
+                                     float* C, Index ldc, const float* alpha, const bf16* pf,
+                                     Index pf_from) {
   __m512 acc[MR][4];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
