@@ -133,8 +133,8 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
   // few operations per byte, the stream is memory-bound) the score pass takes the first rows of
   // it: twice its share of the operations, L / (L + w) (a score term costs about twice a product
   // term: reductions, 4-key blocks). Measured against all by the product (n 16384, alternating
-  // builds): f32 MHA h 2-4 0.75-0.95x the time on 1 and 2 threads, bf16 0.9-1.05x; with h 6-8
-  // the split measured 1.05-1.12x.
+  // builds): f32 MHA h 2-4 0.69-0.96x the time on 1 and 2 threads (one run of 12: 1.09x), bf16
+  // 0.80-1.07x; with h 6-8 the split measured 1.03-1.15x on one thread.
   const Index slim_score_share = s.rotation != KeyRotation::none || h > 4 || s.L >= oc
                                      ? 0
                                      : std::min(B, 2 * B * s.L / (s.L + oc));
@@ -151,8 +151,8 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
     // Vanilla: its keys by the score pass, its values by the product. With both issued by the
     // product the stream idled through each score pass; measured against that (n 16384, 320 MB
     // cycle, alternating builds): bf16 MHA 0.56-0.97x the time on one thread (head_dim 64:
-    // 0.56-0.86x), 0.65-1.01x on two; f32 0.84-1.06x; GQA 0.62-0.87x. Keys un-rotated into R
-    // first: by that pass (the product then reads R, not the cache).
+    // 0.56-0.86x), 0.65-1.01x on two; f32 0.84-1.06x (two threads 0.64-1.08x); GQA 0.60-0.89x.
+    // Keys un-rotated into R first: by that pass (the product then reads R, not the cache).
     const bool next_full = j0 + 2 * B <= hi;
     const T* Kn = next_full ? Kt + B * ldk : nullptr;
     const Index score_rows = s.per_group ? B : slim_score_share;
