@@ -227,6 +227,11 @@ inline int resolve_threads(int requested) {
 ///   each call, median of 25, 1 and 2 threads): h 4 head_dim 64 bf16 0.72-0.88x, f32 0.79-0.98x;
 ///   h 2 and h 6 (bf16) 0.72-1.04x; h 4 head_dim 128 bf16 0.95-0.97x. Where they do not fit
 ///   (h 4 head_dim 128 f32, h >= 8) the smaller tile measured 0.93-1.05x, so the L2 tile stays.
+///   Since session 10's prefetch schedule (stream_range), slim's float keys used as cached take
+///   the 8h-key tile up to 64 KB (l1_bytes; 320 MB cycle, alternating, n 4096-32768): f32 h 4
+///   head_dim 128 (tile 96 -> 32) 0.86-0.96x the time on 1 and 2 threads, h 5 head_dim 64
+///   (160 -> 48) 0.92-0.98x; bf16 tiles of 49-64 KB measured 0.96-1.03x at n 16384 (h 5
+///   head_dim 128, h 7 and h 8 head_dim 64), so 48 KB there.
 /// - Un-rotating writes each key's rotated columns again, as floats (buffer_bytes per row), and
 ///   the product reads that buffer: the L2 tile counts it, and its floor is 4h keys. Measured
 ///   against the rule without it (same process, n 16384, head_dim 128, 2 threads, flushed, median
@@ -234,10 +239,10 @@ inline int resolve_threads(int requested) {
 ///   0.92x; bf16 h 4 keeps its L1 tile of 32.
 /// Then no larger than one tile per thread needs.
 inline Index resolve_tile(Index requested, Index row_bytes, Index acc_rows, Index n, int threads,
-                          Index buffer_bytes = 0) {
+                          Index buffer_bytes = 0, Index l1_bytes = Index(48) << 10) {
   if (requested > 0) return requested;
   const Index bytes = std::max<Index>(1, row_bytes);
-  const bool l1_tile = acc_rows > 0 && 8 * acc_rows * bytes <= (Index(48) << 10);
+  const bool l1_tile = acc_rows > 0 && 8 * acc_rows * bytes <= l1_bytes;
   const Index cache_rows =
       l1_tile ? (Index(16) << 10) / bytes : (Index(192) << 10) / (bytes + buffer_bytes);
   const Index floor = (l1_tile || buffer_bytes == 0 ? 8 : 4) * acc_rows;
@@ -323,8 +328,11 @@ void run_all_heads(const Stream& s, const T* rows, Index w, const DecodeOptions&
                    Eigen::Ref<RowMatrix<float>> U) {
   const int threads = resolve_threads(opt.threads);
   const bool unrotating = s.rotation == KeyRotation::unrotate_on_read;
+  const bool slim_float_as_cached =
+      sizeof(T) == sizeof(float) && s.rotation == KeyRotation::none && s.L < w;
   const Index B = resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)), s.heads, s.n, threads,
-                               unrotating ? s.rot_cols * static_cast<Index>(sizeof(float)) : 0);
+                               unrotating ? s.rot_cols * static_cast<Index>(sizeof(float)) : 0,
+                               Index(slim_float_as_cached ? 64 : 48) << 10);
   if (U.outerStride() == w) {
     run_stream(s, rows, w, rows, w, B, threads, U.data(), w);
   } else {
