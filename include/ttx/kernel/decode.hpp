@@ -96,6 +96,12 @@ struct Stream {
   Index head_dim = 0, rot_cols = 0;          ///< rotation acts on whole heads within [0, rot_cols)
   bool per_group = false;
   Index sum_cols = 0;  ///< output values per head
+
+  /// Slim's K cache read as cached: all-heads sums over the score rows (not the inputs form,
+  /// where scores use whole rows), no RoPE. The prefetch split and the 64 KB tile apply here.
+  bool slim_keys_as_cached() const {
+    return !per_group && rotation == KeyRotation::none && L < sum_cols;
+  }
 };
 
 /// Per-thread working memory, kept between calls so the hot path does not allocate.
@@ -134,10 +140,12 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
   // it: twice its share of the operations, L / (L + w) (a score term costs about twice a product
   // term: reductions, 4-key blocks). Measured against all by the product (n 16384, alternating
   // builds): f32 MHA h 2-4 0.69-0.96x the time on 1 and 2 threads (one run of 12: 1.09x), bf16
-  // 0.80-1.07x; with h 6-8 the split measured 1.03-1.15x on one thread.
-  const Index slim_score_share = s.rotation != KeyRotation::none || h > 4 || s.L >= oc
-                                     ? 0
-                                     : std::min(B, 2 * B * s.L / (s.L + oc));
+  // 0.80-1.07x; with h 6-8 the split measured 1.03-1.15x on one thread. Vanilla's score pass
+  // prefetches all of the next tile's keys (below).
+  const Index score_rows = s.per_group ? B
+                           : s.slim_keys_as_cached() && h <= 4
+                               ? std::min(B, 2 * B * s.L / (s.L + oc))
+                               : 0;
   float* C = sc.C.data();
   float* S = sc.S.data();
   std::fill(C, C + h * oc, 0.0f);
@@ -147,7 +155,7 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
     const Index b = std::min(B, hi - j0);
     const T* Kt = K + j0 * ldk;
     // The next (full) tile is prefetched into L2 while this one computes, by the passes over
-    // this tile, so that requests go out during the whole tile (see slim_score_share above).
+    // this tile, so that requests go out during the whole tile (see score_rows above).
     // Vanilla: its keys by the score pass, its values by the product. With both issued by the
     // product the stream idled through each score pass; measured against that (n 16384, 320 MB
     // cycle, alternating builds): bf16 MHA 0.56-0.97x the time on one thread (head_dim 64:
@@ -155,7 +163,6 @@ void stream_range(const Stream& s, const T* K, Index ldk, const T* V, Index ldv,
     // Keys un-rotated into R first: by that pass (the product then reads R, not the cache).
     const bool next_full = j0 + 2 * B <= hi;
     const T* Kn = next_full ? Kt + B * ldk : nullptr;
-    const Index score_rows = s.per_group ? B : slim_score_share;
     if (unrotating)  // the tile's first rot_cols columns, un-rotated (-j theta) for the sum
       rotate_rows(Kt, ldk, b, *s.rope, j0, -1.0f, s.rot_cols / s.head_dim, s.head_dim, sc.R.data(),
                   s.rot_cols, Kn, sc.rotated);
@@ -328,8 +335,7 @@ void run_all_heads(const Stream& s, const T* rows, Index w, const DecodeOptions&
                    Eigen::Ref<RowMatrix<float>> U) {
   const int threads = resolve_threads(opt.threads);
   const bool unrotating = s.rotation == KeyRotation::unrotate_on_read;
-  const bool slim_float_as_cached =
-      sizeof(T) == sizeof(float) && s.rotation == KeyRotation::none && s.L < w;
+  const bool slim_float_as_cached = sizeof(T) == sizeof(float) && s.slim_keys_as_cached();
   const Index B = resolve_tile(opt.tile, w * static_cast<Index>(sizeof(T)), s.heads, s.n, threads,
                                unrotating ? s.rot_cols * static_cast<Index>(sizeof(float)) : 0,
                                Index(slim_float_as_cached ? 64 : 48) << 10);
