@@ -19,6 +19,7 @@
 
 #include "ttx/core/error.hpp"
 #include "ttx/core/types.hpp"
+#include "ttx/kernel/detail/prefetch.hpp"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
@@ -84,24 +85,6 @@ inline __m512 load16_masked(const T* p, __mmask16 m) {
 // (0.80-0.82 -> 0.82-0.84). With 16 KB rows (bf16 1024 x 8192) it cost 3 %, so long rows keep the
 // hardware prefetcher alone.
 constexpr Index kShortRowBytes = 6 << 10;
-struct SweepPrefetch {
-  const char* base;  // W's first byte; positions are byte offsets (no pointer past W is formed)
-  Index range_end, block_bytes, per_step;
-  SweepPrefetch(const void* w, Index range_end_, Index block_bytes_, Index steps)
-      : base(static_cast<const char*>(w)),
-        range_end(range_end_),
-        block_bytes(block_bytes_),
-        per_step((block_bytes_ / 64 + steps - 1) / steps) {}
-  Index pos = 0, end = 0;
-  void start(Index block) {
-    pos = block;
-    end = std::min(block + block_bytes, range_end);
-  }
-  void step() {
-    for (Index p = 0; p < per_step && pos < end; ++p, pos += 64)
-      _mm_prefetch(base + pos, _MM_HINT_T1);
-  }
-};
 
 // z[0:out] += sum_{i in [i0,i1)} a_i W_row_i, eight rows per sweep so z is read and written once
 // per eight W rows (z stays in L1) and eight W rows stream at once; returns sum a_i^2 over the same
@@ -115,7 +98,7 @@ inline float gemv_rows_avx512(const float* a, const T* w, Index ldw, Index out, 
   float ss = 0.f;
   const Index row_bytes = ldw * static_cast<Index>(sizeof(T));
   const bool prefetch = row_bytes <= kShortRowBytes && full > 0;
-  SweepPrefetch pf(w, i1 * row_bytes, 8 * row_bytes, std::max<Index>(1, full / 16));
+  detail::SweepPrefetch pf(w, i1 * row_bytes, 8 * row_bytes, std::max<Index>(1, full / 16));
   Index i = i0;
   for (; i + 8 <= i1; i += 8) {
     if (prefetch) pf.start((i + 16) * row_bytes);

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "ttx/core/types.hpp"
+#include "ttx/kernel/detail/prefetch.hpp"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define TTX_DECODE_AVX512 1
@@ -190,19 +191,14 @@ inline void tile_scores(const float* q, Index q_ld, Index groups, Index hg, cons
                         Index L, Index b, float* S, Index ldS, const char* pf = nullptr,
                         Index pf_len = 0) {
   const __mmask16 tail = tail_mask(L % 16);
-  const Index blocks = groups * (b / 4);
-  const Index per_block = blocks > 0 ? (pf_len + blocks - 1) / blocks : 0;
-  Index blk = 0;  // 4-key blocks done; block blk prefetches whole lines of its share
+  const LineShares share(pf_len, groups * (b / 4));  // one share per 4-key block
+  Index blk = 0;                                     // 4-key blocks done
   for (Index g = 0; g < groups; ++g) {
     const float* qg = q + g * hg * q_ld;
     float* Sg = S + g * hg * ldS;
     Index jj = 0;
     for (; jj + 4 <= b; jj += 4, ++blk) {
-      if (pf) {
-        const Index end = blk + 1 == blocks ? pf_len : (blk + 1) * per_block / 64 * 64;
-        for (Index x = blk * per_block / 64 * 64; x < std::min(end, pf_len); x += 64)
-          _mm_prefetch(pf + x, _MM_HINT_T1);
-      }
+      if (pf) prefetch_l2(pf, share.begin(blk), share.end(blk));
       const T* k0 = rows + jj * ld + g * L;
       const T* const k[4] = {k0, k0 + ld, k0 + 2 * ld, k0 + 3 * ld};
       for (Index t = 0; t < hg; t += 4)
@@ -335,9 +331,7 @@ inline void micro_heads64(const float* P, Index ldp, Index B, const T* K, Index 
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
   for (Index j = 0; j < B; ++j) {
-    const Index pf_end = j + 1 == B ? pf_len : std::min(pf_len, (j + 1) * pf_step);
-    if (pf)
-      for (Index x = j * pf_step; x < pf_end; x += 64) _mm_prefetch(pf + x, _MM_HINT_T1);
+    if (pf) prefetch_l2(pf, j * pf_step, j + 1 == B ? pf_len : std::min(pf_len, (j + 1) * pf_step));
     const T* krow = K + j * ldk;
     for (int i = 0; i < MR; ++i) {
       __m512 kv[4];
@@ -471,16 +465,14 @@ inline void tile_product_heads(const float* P, Index ldp, Index heads, Index B, 
                    next ? next + i * L : next);
     return;
   }
-  const Index calls = (heads + 3) / 4 * (full / 64);
-  const Index region = B * ldk * static_cast<Index>(sizeof(T));
-  const Index per_call = (region + calls - 1) / calls;
-  const Index step = ((per_call + B - 1) / B + 63) / 64 * 64;  // whole lines per key step
+  const LineShares share(B * ldk * static_cast<Index>(sizeof(T)), (heads + 3) / 4 * (full / 64));
+  const Index step = ((share.per + B - 1) / B + kPrefetchLine - 1) / kPrefetchLine *
+                     kPrefetchLine;  // whole lines per key step
   const char* pf = reinterpret_cast<const char*>(next);
   Index call = 0;
   for (Index i = 0; i < heads; i += 4)
     for (Index c = 0; c < full; c += 64, ++call) {
-      const Index off = call * per_call / 64 * 64;  // whole lines; the last call runs to the end
-      const Index len = call + 1 == calls ? region - off : (call + 1) * per_call / 64 * 64 - off;
+      const Index off = share.begin(call), len = share.end(call) - off;
       with_block_of_4(heads - i, [&](auto G) {
         micro_heads64<decltype(G)::value>(P + i * ldp, ldp, B, K + i * L + c, ldk, L,
                                           C + i * ldc + c, ldc, alpha + i, pf ? pf + off : pf, step,
