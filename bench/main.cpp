@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("ttx_read_gbps", std::to_string(r.read_gbps));
   benchmark::AddCustomContext("ttx_peak_gflops_1t", std::to_string(r.peak_gflops_1t));
   benchmark::AddCustomContext("ttx_peak_gflops", std::to_string(r.peak_gflops));
+  benchmark::AddCustomContext("ttx_fma_gflops_1t", std::to_string(r.fma_gflops_1t));
+  benchmark::AddCustomContext("ttx_fma_gflops", std::to_string(r.fma_gflops));
   benchmark::AddCustomContext("ttx_threads", std::to_string(r.threads));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -137,6 +137,47 @@ double gemm_gflops(int threads) {
   return median(rates);
 }
 
+// 12 independent chains of 16-lane FMAs (more than latency x throughput), distinct start values
+// so the compiler cannot merge them; best of 5 on each of `threads` threads. 0 without AVX-512.
+double fma_gflops(int threads) {
+#if defined(__AVX512F__)
+  constexpr long kIters = 20000000;
+  std::vector<double> spans(static_cast<size_t>(threads), 0.0);
+  float sink = 0;
+  int team = 1;
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+  {
+#ifdef _OPENMP
+    const size_t t = static_cast<size_t>(omp_get_thread_num());
+    if (t == 0) team = omp_get_num_threads();
+#else
+    const size_t t = 0;
+#endif
+    spans[t] = 1e30;
+    const __m512 m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-4f);
+    for (int rep = 0; rep < 5; ++rep) {
+      __m512 a[12];
+      for (int k = 0; k < 12; ++k) a[k] = _mm512_set1_ps(static_cast<float>(k + rep + 1));
+      const double t0 = now();
+      for (long i = 0; i < kIters; ++i)
+        for (auto& x : a) x = _mm512_fmadd_ps(x, m, c);
+      spans[t] = std::min(spans[t], now() - t0);
+      alignas(64) float lanes[16];
+      for (const auto& x : a) {
+        _mm512_store_ps(lanes, x);
+        sink += lanes[0];
+      }
+    }
+  }
+  benchmark::DoNotOptimize(sink);
+  const double slowest = *std::max_element(spans.begin(), spans.end());
+  return team * 12.0 * 32.0 * kIters / slowest / 1e9;
+#else
+  (void)threads;
+  return 0;
+#endif
+}
+
 }  // namespace
 
 double cold_read_seconds(double bytes, int threads) {
@@ -182,11 +223,14 @@ const Roofline& roofline() {
     m.read_gbps = std::max(read_bandwidth(m.threads), gemv_bandwidth(m.threads));
     m.peak_gflops_1t = gemm_gflops(1);
     m.peak_gflops = gemm_gflops(m.threads);
+    m.fma_gflops_1t = fma_gflops(1);
+    m.fma_gflops = fma_gflops(m.threads);
     std::fprintf(stderr,
                  "ttx roofline: read %.1f GB/s (1 thread), %.1f GB/s (%d threads); fp32 GEMM "
-                 "%.1f GFLOP/s (1 thread), %.1f GFLOP/s (%d threads)\n",
-                 m.read_gbps_1t, m.read_gbps, m.threads, m.peak_gflops_1t, m.peak_gflops,
-                 m.threads);
+                 "%.1f GFLOP/s (1 thread), %.1f GFLOP/s (%d threads); register FMA %.1f / %.1f "
+                 "GFLOP/s\n",
+                 m.read_gbps_1t, m.read_gbps, m.threads, m.peak_gflops_1t, m.peak_gflops, m.threads,
+                 m.fma_gflops_1t, m.fma_gflops);
     return m;
   }();
   return r;

@@ -18,7 +18,11 @@ namespace ttx::bench {
 struct Roofline {
   double read_gbps_1t = 0, read_gbps = 0;      ///< best of a streaming reduction and a GEMV, GB/s
   double peak_gflops_1t = 0, peak_gflops = 0;  ///< Eigen fp32 GEMM 2048^3, GFLOP/s
-  int threads = 1;                             ///< hardware threads used for the "all" figures
+  /// fp32 FMAs on registers only (no loads), GFLOP/s: not a bound any kernel is held to, but with
+  /// the two above it says which way this VM's balance of arithmetic to memory leans in a run
+  /// (it moved by ~2x between sessions, with the read rate).
+  double fma_gflops_1t = 0, fma_gflops = 0;
+  int threads = 1;  ///< hardware threads used for the "all" figures
 };
 
 /// Measured on first use (ttx_bench's main calls it before running anything).
