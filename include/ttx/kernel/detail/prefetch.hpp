@@ -1,8 +1,8 @@
-// Software prefetch of a region the kernel reads next into L2, spread over the steps of the
-// computation before it in address order, whole 64-byte lines: requests then go out during the
-// whole computation instead of in one burst (which the memory system serves no faster) or not at
-// all (the hardware prefetcher re-trains on every short stream). The decode kernels' score pass
-// and head products and the FlashNorm GEMV's short-row sweeps schedule their prefetches this way.
+// Software prefetch into L2 of a region a kernel reads next, spread over the steps of the
+// computation before it, in address order and whole 64-byte lines: requests go out during the
+// whole computation rather than in one burst, and short streams need not wait for the hardware
+// prefetcher to re-train. The decode kernels' score pass and head products and the FlashNorm
+// GEMV's short-row sweeps schedule their prefetches this way (measured at each use).
 #pragma once
 
 #include <algorithm>
