@@ -33,7 +33,8 @@ struct LineShares {
 
 /// A stream of blocks, each prefetched over `steps` steps: start(block) at a block's first byte
 /// (an offset from base; blocks past range_end are not prefetched), then step() once per step,
-/// ceil(lines / steps) lines a step.
+/// ceil(lines / steps) lines a step, lines = ceil(block_bytes / 64) (a block that is not a whole
+/// number of lines keeps its last part: when this lived in flashnorm.hpp it rounded down).
 struct SweepPrefetch {
   const char* base;  // the region's first byte; positions are byte offsets
   Index range_end, block_bytes, per_step_bytes;
@@ -41,7 +42,8 @@ struct SweepPrefetch {
       : base(static_cast<const char*>(w)),
         range_end(range_end_),
         block_bytes(block_bytes_),
-        per_step_bytes((block_bytes_ / kPrefetchLine + steps - 1) / steps * kPrefetchLine) {}
+        per_step_bytes(((block_bytes_ + kPrefetchLine - 1) / kPrefetchLine + steps - 1) / steps *
+                       kPrefetchLine) {}
   Index pos = 0, end = 0;
   void start(Index block) {
     pos = block;
