@@ -466,8 +466,7 @@ inline void tile_product_heads(const float* P, Index ldp, Index heads, Index B, 
     return;
   }
   const LineShares share(B * ldk * static_cast<Index>(sizeof(T)), (heads + 3) / 4 * (full / 64));
-  const Index step = ((share.per + B - 1) / B + kPrefetchLine - 1) / kPrefetchLine *
-                     kPrefetchLine;  // whole lines per key step
+  const Index step = spread_step_bytes(share.per, B);  // whole lines per key step
   const char* pf = reinterpret_cast<const char*>(next);
   Index call = 0;
   for (Index i = 0; i < heads; i += 4)

@@ -19,6 +19,12 @@ inline void prefetch_l2(const char* p, Index from, Index to) {
   for (Index x = from; x < to; x += kPrefetchLine) __builtin_prefetch(p + x, 0, 2);  // prefetcht1
 }
 
+/// Bytes per step, in whole lines, for `bytes` spread over `steps` steps (>= 1) so that `steps`
+/// steps cover them: ceil(bytes / (64 steps)) lines.
+inline Index spread_step_bytes(Index bytes, Index steps) {
+  return ((bytes + kPrefetchLine - 1) / kPrefetchLine + steps - 1) / steps * kPrefetchLine;
+}
+
 /// `len` bytes cut into `parts` consecutive shares of whole lines in address order, as even as
 /// line granularity allows: share k is [begin(k), end(k)); the last one runs to the end.
 struct LineShares {
@@ -42,8 +48,7 @@ struct SweepPrefetch {
       : base(static_cast<const char*>(w)),
         range_end(range_end_),
         block_bytes(block_bytes_),
-        per_step_bytes(((block_bytes_ + kPrefetchLine - 1) / kPrefetchLine + steps - 1) / steps *
-                       kPrefetchLine) {}
+        per_step_bytes(spread_step_bytes(block_bytes_, steps)) {}
   Index pos = 0, end = 0;
   void start(Index block) {
     pos = block;
